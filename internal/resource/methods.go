@@ -131,3 +131,12 @@ func StringField(msg proto.Message, name string) string {
 	}
 	return v.String()
 }
+
+// IntField reads the integer field name of msg, or 0 if msg has no such field.
+func IntField(msg proto.Message, name string) int64 {
+	v := FieldValue(msg, name)
+	if !v.IsValid() {
+		return 0
+	}
+	return v.Int()
+}
