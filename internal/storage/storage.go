@@ -137,9 +137,11 @@ type Watcher interface {
 }
 
 // Interface is a store of objects under string keys. Every method is safe for
-// concurrent use and honours ctx: cancellation or a deadline ends the call
-// with the context's error translated to a status (DEADLINE_EXCEEDED,
-// CANCELED), never a hang.
+// concurrent use and honours ctx: cancellation ends the call with CANCELED;
+// a deadline that passes while the store has not answered ends it with
+// UNAVAILABLE (the store is out of reach or without quorum: retry elsewhere),
+// never a hang. The API server gives storage a deadline a little earlier than
+// its caller's, so the caller sees that UNAVAILABLE in time.
 type Interface interface {
 	// Create stores obj under key if the key is free and returns the stored
 	// object with metadata.resource_version set. ALREADY_EXISTS otherwise.

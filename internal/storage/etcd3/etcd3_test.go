@@ -1,0 +1,431 @@
+package etcd3
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/etcdtest"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage"
+	"github.com/capstan-dev/capstan/internal/storage/storagetest"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.IgnoredGoroutines()...) }
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// testWriter sends log lines to the test's log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func TestConformance(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	storagetest.RunConformance(t,
+		func(t *testing.T) storage.Interface { return New(client, Options{Logger: testLogger(t)}) },
+		storagetest.Options{Compact: func(ctx context.Context, rev int64) error {
+			_, err := client.Compact(ctx, rev, clientv3.WithCompactPhysical())
+			return err
+		}})
+}
+
+var configMaps = resource.MustLookup("ConfigMap")
+
+func newConfigMap() storage.Object { return &capstanv1.ConfigMap{} }
+
+func configMap(name string) *capstanv1.ConfigMap {
+	return &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: "default"}, Data: map[string]string{"k": "v"}}
+}
+
+// TestNoQuorum: with two of three members gone, calls end UNAVAILABLE
+// within their deadline instead of hanging or failing otherwise.
+func TestNoQuorum(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	client := cluster.Client(t)
+	store := New(client, Options{Logger: testLogger(t)})
+	key := configMaps.Key("default", "before")
+	if _, err := store.Create(t.Context(), key, configMap("before"), storage.WriteOptions{}); err != nil {
+		t.Fatalf("create with quorum: %v", err)
+	}
+	cluster.Stop(1)
+	cluster.Stop(2)
+
+	calls := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"create", func(ctx context.Context) error {
+			_, err := store.Create(ctx, configMaps.Key("default", "after"), configMap("after"), storage.WriteOptions{})
+			return err
+		}},
+		{"get", func(ctx context.Context) error { _, err := store.Get(ctx, key, newConfigMap); return err }},
+		{"update", func(ctx context.Context) error {
+			_, err := store.Update(ctx, key, newConfigMap, storage.Preconditions{},
+				func(cur storage.Object) (storage.Object, error) {
+					cur.(*capstanv1.ConfigMap).Data["k"] = "changed"
+					return cur, nil
+				}, storage.WriteOptions{})
+			return err
+		}},
+		{"list", func(ctx context.Context) error {
+			_, err := store.List(ctx, configMaps.Prefix("default"), newConfigMap, storage.ListOptions{})
+			return err
+		}},
+		{"revision", func(ctx context.Context) error { _, err := store.Revision(ctx); return err }},
+	}
+	for _, tc := range calls {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			err := tc.call(ctx)
+			t.Logf("%s: %v", tc.name, err)
+			if apierrors.Code(err) != codes.Unavailable || apierrors.Reason(err) != apierrors.ReasonNoQuorum {
+				t.Fatalf("%s without quorum = %v, want UNAVAILABLE %s", tc.name, err, apierrors.ReasonNoQuorum)
+			}
+		})
+	}
+
+	// A watch of a member without a leader ends UNAVAILABLE too, so its
+	// consumer resumes elsewhere.
+	w, err := store.Watch(t.Context(), configMaps.Prefix("default"), newConfigMap, storage.WatchOptions{ResourceVersion: 1})
+	if err != nil {
+		if apierrors.Code(err) != codes.Unavailable {
+			t.Fatalf("watch without quorum = %v, want UNAVAILABLE", err)
+		}
+		return
+	}
+	defer w.Stop()
+	deadline := time.After(30 * time.Second)
+	for open := true; open; {
+		select {
+		case _, open = <-w.Events():
+		case <-deadline:
+			t.Fatal("watch of a member without a leader did not end")
+		}
+	}
+	t.Logf("watch: %v", w.Err())
+	if apierrors.Code(w.Err()) != codes.Unavailable {
+		t.Fatalf("watch without quorum ended with %v, want UNAVAILABLE", w.Err())
+	}
+}
+
+// TestStoredValues: the value in etcd holds no
+// resource_version, and an undecodable value is INTERNAL naming its key.
+func TestStoredValues(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	store := New(client, Options{Logger: testLogger(t)})
+	ctx := t.Context()
+
+	in := configMap("a")
+	in.Metadata.ResourceVersion = 99
+	key := configMaps.Key("default", "a")
+	if _, err := store.Create(ctx, key, in, storage.WriteOptions{}); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	resp, err := client.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("raw get = %v, %v", resp, err)
+	}
+	var raw capstanv1.ConfigMap
+	if err := proto.Unmarshal(resp.Kvs[0].Value, &raw); err != nil || raw.GetMetadata().GetName() != "a" {
+		t.Fatalf("stored value decodes to %v, %v", &raw, err)
+	}
+	if v := raw.GetMetadata().GetResourceVersion(); v != 0 {
+		t.Fatalf("the stored value carries resource_version %d", v)
+	}
+
+	badKey := configMaps.Key("default", "garbage")
+	if _, err := client.Put(ctx, badKey, "\xff\xff\xff not protobuf"); err != nil {
+		t.Fatalf("put garbage: %v", err)
+	}
+	checkInternal := func(what string, err error) {
+		t.Helper()
+		if apierrors.Code(err) != codes.Internal || !strings.Contains(err.Error(), badKey) {
+			t.Fatalf("%s of an undecodable value = %v, want INTERNAL naming %s", what, err, badKey)
+		}
+	}
+	_, err = store.Get(ctx, badKey, newConfigMap)
+	checkInternal("get", err)
+	_, err = store.List(ctx, configMaps.Prefix("default"), newConfigMap, storage.ListOptions{})
+	checkInternal("list", err)
+	_, err = store.Update(ctx, badKey, newConfigMap, storage.Preconditions{},
+		func(cur storage.Object) (storage.Object, error) { return cur, nil }, storage.WriteOptions{})
+	checkInternal("update", err)
+
+	w, err := store.Watch(ctx, configMaps.Prefix("default"), newConfigMap, storage.WatchOptions{ResourceVersion: resp.Header.Revision})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	defer w.Stop()
+	if _, err := client.Put(ctx, badKey, "\xff again"); err != nil {
+		t.Fatalf("put garbage: %v", err)
+	}
+	for range w.Events() {
+		t.Fatal("an undecodable value produced an event")
+	}
+	checkInternal("watch", w.Err())
+}
+
+// TestTTLLease: a key written with an etcd lease goes with it, and an
+// update without TTLLease keeps the key on its lease.
+func TestTTLLease(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	store := New(client, Options{Logger: testLogger(t)})
+	ctx := t.Context()
+
+	grant, err := client.Grant(ctx, 60)
+	if err != nil {
+		t.Fatalf("grant: %v", err)
+	}
+	key := configMaps.Key("default", "leased")
+	if _, err := store.Create(ctx, key, configMap("leased"), storage.WriteOptions{TTLLease: int64(grant.ID)}); err != nil {
+		t.Fatalf("create on a lease: %v", err)
+	}
+	if _, err := store.Update(ctx, key, newConfigMap, storage.Preconditions{},
+		func(cur storage.Object) (storage.Object, error) {
+			cur.(*capstanv1.ConfigMap).Data["k"] = "updated"
+			return cur, nil
+		}, storage.WriteOptions{}); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	resp, err := client.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease != int64(grant.ID) {
+		t.Fatalf("after update the key has lease %v (err %v), want %x", resp.Kvs, err, grant.ID)
+	}
+	if _, err := client.Revoke(ctx, grant.ID); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	if _, err := store.Get(ctx, key, newConfigMap); !apierrors.IsNotFound(err) {
+		t.Fatalf("get after the lease was revoked = %v, want NOT_FOUND", err)
+	}
+	_, err = store.Create(ctx, key, configMap("leased"), storage.WriteOptions{TTLLease: int64(grant.ID)})
+	if apierrors.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("create on a revoked lease = %v, want FAILED_PRECONDITION", err)
+	}
+}
+
+func TestStatusOf(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		code   codes.Code
+		reason string
+	}{
+		{context.DeadlineExceeded, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{fmt.Errorf("wrapped: %w", context.DeadlineExceeded), codes.Unavailable, apierrors.ReasonNoQuorum},
+		{context.Canceled, codes.Canceled, ""},
+		{status.Error(codes.Canceled, "grpc: the client connection is closing"), codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrTimeout, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrTimeoutDueToLeaderFail, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrTimeoutDueToConnectionLost, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrNoLeader, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrLeaderChanged, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrStopped, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrTooManyRequests, codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.Error(rpctypes.ErrGRPCNoLeader), codes.Unavailable, apierrors.ReasonNoQuorum},
+		{status.Error(codes.Unavailable, "connection refused"), codes.Unavailable, apierrors.ReasonNoQuorum},
+		{status.Error(codes.DeadlineExceeded, "context deadline exceeded"), codes.Unavailable, apierrors.ReasonNoQuorum},
+		{rpctypes.ErrCompacted, codes.OutOfRange, apierrors.ReasonResourceVersionExpired},
+		{rpctypes.ErrLeaseNotFound, codes.FailedPrecondition, apierrors.ReasonPreconditionFailed},
+		{rpctypes.ErrNoSpace, codes.Internal, apierrors.ReasonInternal},
+		{rpctypes.ErrRequestTooLarge, codes.Internal, apierrors.ReasonInternal},
+		{errors.New("something else"), codes.Internal, apierrors.ReasonInternal},
+	} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			got := statusOf(tc.err)
+			if apierrors.Code(got) != tc.code || apierrors.Reason(got) != tc.reason {
+				t.Fatalf("statusOf(%v) = %v (reason %q), want %v %q", tc.err, got, apierrors.Reason(got), tc.code, tc.reason)
+			}
+		})
+	}
+	if statusOf(nil) != nil {
+		t.Fatal("statusOf(nil) is not nil")
+	}
+}
+
+func TestObjectRef(t *testing.T) {
+	for _, tc := range []struct{ key, kind, namespace, name string }{
+		{"/capstan/pods/default/web-1", "Pod", "default", "web-1"},
+		{"/capstan/configmaps/kube/settings", "ConfigMap", "kube", "settings"},
+		{"/capstan/nodes/worker-1", "Node", "", "worker-1"},
+		{"/capstan/widgets/a/b", "widgets", "", "a/b"},
+		{"/capstan/pods/no-namespace", "Pod", "", "no-namespace"},
+		{"/elsewhere/x", "object", "", "/elsewhere/x"},
+		{"/capstan/", "object", "", "/capstan/"},
+	} {
+		kind, ns, name := objectRef(tc.key)
+		if kind != tc.kind || ns != tc.namespace || name != tc.name {
+			t.Errorf("objectRef(%q) = %q, %q, %q; want %q, %q, %q", tc.key, kind, ns, name, tc.kind, tc.namespace, tc.name)
+		}
+	}
+}
+
+func TestDecodeContinue(t *testing.T) {
+	const prefix = "/capstan/pods/default/"
+	good := encodeContinue(prefix+"b\x00", 7)
+	ct, err := decodeContinue(good, prefix)
+	if err != nil || ct.Key != prefix+"b\x00" || ct.Revision != 7 {
+		t.Fatalf("decodeContinue(good) = %+v, %v", ct, err)
+	}
+	for _, bad := range []string{
+		"%%%",
+		encodeRaw(`not json`),
+		encodeRaw(`{"k":"/capstan/pods/default/b","r":7,"x":1}`),
+		encodeRaw(`{"k":"/capstan/pods/default/b","r":0}`),
+		encodeRaw(`{"k":"/capstan/pods/defaultx/b","r":7}`),
+		encodeRaw(`{"k":"/capstan/pods/default/","r":7}`),
+		encodeContinue("/capstan/secrets/x", 7),
+	} {
+		if _, err := decodeContinue(bad, prefix); apierrors.Field(err) != resource.FieldPageToken {
+			t.Errorf("decodeContinue(%q) = %v, want INVALID_ARGUMENT on %s", bad, err, resource.FieldPageToken)
+		}
+	}
+}
+
+func encodeRaw(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+// TestExpiredNamesCompaction: the OUT_OF_RANGE of a page token tells the
+// revision asked for and the one compacted up to.
+func TestExpiredNamesCompaction(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	store := New(client, Options{Logger: testLogger(t)})
+	ctx := t.Context()
+	for _, name := range []string{"a", "b"} {
+		if _, err := store.Create(ctx, configMaps.Key("default", name), configMap(name), storage.WriteOptions{}); err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+	}
+	first, err := store.List(ctx, configMaps.Prefix("default"), newConfigMap, storage.ListOptions{Limit: 1})
+	if err != nil || first.Continue == "" {
+		t.Fatalf("first page = %+v, %v", first, err)
+	}
+	put, err := client.Put(ctx, "/unrelated", "x")
+	if err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	if _, err := client.Compact(ctx, put.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	_, err = store.List(ctx, configMaps.Prefix("default"), newConfigMap, storage.ListOptions{Limit: 1, Continue: first.Continue})
+	md := apierrors.ErrorInfo(err).GetMetadata()
+	if !apierrors.IsExpired(err) || md["requested"] != fmt.Sprint(first.Revision) || md["compacted"] != fmt.Sprint(put.Header.Revision) {
+		t.Fatalf("next page = %v (%v), want OUT_OF_RANGE requested=%d compacted=%d", err, md, first.Revision, put.Header.Revision)
+	}
+}
+
+// TestWatchAcrossMemberStop: when the member serving a watch stops, the
+// watch either carries on through another member or ends UNAVAILABLE and
+// resumes from its last revision; either way every change arrives once, in
+// order.
+func TestWatchAcrossMemberStop(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{cluster.Member(0).ClientURL, cluster.Member(1).ClientURL},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	t.Cleanup(func() { client.Close() })
+	store := New(client, Options{Logger: testLogger(t)})
+	ctx := t.Context()
+	key := configMaps.Key("default", "counter")
+	created, err := store.Create(ctx, key, configMap("counter"), storage.WriteOptions{})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+
+	// set writes n, retrying while a stopped member makes etcd unavailable;
+	// writing the same value again is a no-op, so a retry cannot double it.
+	set := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			callCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := store.Update(callCtx, key, newConfigMap, storage.Preconditions{},
+				func(cur storage.Object) (storage.Object, error) {
+					cur.(*capstanv1.ConfigMap).Data["n"] = fmt.Sprint(n)
+					return cur, nil
+				}, storage.WriteOptions{})
+			cancel()
+			if err == nil {
+				return
+			}
+			if apierrors.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+				t.Fatalf("set %d: %v", n, err)
+			}
+		}
+	}
+
+	const perPhase = 5
+	last := created.GetMetadata().GetResourceVersion()
+	w, err := store.Watch(ctx, configMaps.Prefix("default"), newConfigMap, storage.WatchOptions{ResourceVersion: last})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	defer func() { w.Stop() }()
+	next := 1
+	for phase, stop := range []func(){
+		func() {},
+		func() { cluster.Stop(0) },
+		func() {
+			if err := cluster.Member(0).Restart(ctx); err != nil {
+				t.Fatalf("restart member 0: %v", err)
+			}
+			cluster.Stop(1)
+		},
+	} {
+		stop()
+		for range perPhase {
+			set(next)
+			next++
+		}
+		t.Logf("phase %d written", phase)
+	}
+
+	resumes := 0
+	for want := 1; want < next; {
+		ev, ok := <-w.Events()
+		if !ok {
+			if apierrors.Code(w.Err()) != codes.Unavailable || resumes > 10 {
+				t.Fatalf("watch ended with %v after %d resumes", w.Err(), resumes)
+			}
+			resumes++
+			w, err = store.Watch(ctx, configMaps.Prefix("default"), newConfigMap, storage.WatchOptions{ResourceVersion: last})
+			if err != nil {
+				t.Fatalf("resume watch from %d: %v", last, err)
+			}
+			continue
+		}
+		if got := ev.Object.(*capstanv1.ConfigMap).Data["n"]; ev.Type != storage.Modified || got != fmt.Sprint(want) || ev.Revision <= last {
+			t.Fatalf("event %v n=%s at %d (last %d), want Modified n=%d", ev.Type, got, ev.Revision, last, want)
+		}
+		last = ev.Revision
+		want++
+	}
+	t.Logf("all %d changes seen after %d resumes", next-1, resumes)
+}
