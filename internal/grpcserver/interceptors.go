@@ -1,0 +1,116 @@
+package grpcserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/capstan-dev/capstan/internal/apierrors"
+)
+
+// Bounds of the margin by which a handler's deadline precedes the call's.
+const (
+	minDeadlineMargin = 20 * time.Millisecond
+	maxDeadlineMargin = 500 * time.Millisecond
+)
+
+// deadlineMargin is how much earlier than the call's deadline the handler's
+// context ends: 10% of the time left, clamped to [20ms, 500ms], and never
+// more than half of it, so that even a very short deadline leaves the
+// handler some time.
+func deadlineMargin(remaining time.Duration) time.Duration {
+	m := min(max(remaining/10, minDeadlineMargin), maxDeadlineMargin)
+	return min(m, remaining/2)
+}
+
+// deadlineCapInterceptor bounds every unary call by limit and hands the
+// handler a context that ends a margin before the call does. A storage call
+// that runs out of that time (etcd without quorum does not answer) thus
+// fails while the caller is still listening, and the caller gets UNAVAILABLE
+// — retry on another replica — rather than its own DEADLINE_EXCEEDED, which
+// says nothing about where to go next.
+func deadlineCapInterceptor(limit time.Duration, now func() time.Time) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := now()
+		deadline := start.Add(limit)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
+		}
+		budget := deadline.Sub(start)
+		handlerCtx, cancel := context.WithDeadline(ctx, deadline.Add(-deadlineMargin(budget)))
+		defer cancel()
+		resp, err := handler(handlerCtx, req)
+		if err != nil && ctx.Err() == nil && errors.Is(handlerCtx.Err(), context.DeadlineExceeded) && isDeadlineError(err) {
+			return nil, apierrors.NoQuorum(fmt.Errorf("no answer within %v: %w", budget.Round(time.Millisecond), err))
+		}
+		return resp, err
+	}
+}
+
+func isDeadlineError(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
+}
+
+// callLevel is the level of a call's log line: routine answers are debug,
+// answers that hint at trouble with the cluster are warnings, bugs are errors.
+func callLevel(code codes.Code) logging.Level {
+	switch code {
+	case codes.OK, codes.Canceled, codes.NotFound, codes.AlreadyExists, codes.Aborted,
+		codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
+		return logging.LevelDebug
+	case codes.Unauthenticated, codes.PermissionDenied, codes.ResourceExhausted:
+		return logging.LevelInfo
+	case codes.DeadlineExceeded, codes.Unavailable:
+		return logging.LevelWarn
+	default: // Unknown, Unimplemented, Internal, DataLoss
+		return logging.LevelError
+	}
+}
+
+// callFieldKeys renames the middleware's fields to Capstan's kebab-case keys;
+// fields not listed are dropped (they repeat what every line says).
+var callFieldKeys = map[string]string{
+	logging.ServiceFieldKey:    "service",
+	logging.MethodFieldKey:     "method",
+	logging.MethodTypeFieldKey: "method-type",
+	"grpc.code":                "code",
+	"grpc.error":               "error",
+	"peer.address":             "peer-address",
+	"duration":                 "duration",
+}
+
+// newCallLogger adapts slog to the logging middleware.
+func newCallLogger(logger *slog.Logger) func(ctx context.Context, level logging.Level, msg string, fields ...any) {
+	return func(ctx context.Context, level logging.Level, msg string, fields ...any) {
+		if !logger.Enabled(ctx, slog.Level(level)) {
+			return
+		}
+		attrs := make([]slog.Attr, 0, len(fields)/2)
+		for i := 0; i+1 < len(fields); i += 2 {
+			key, ok := fields[i].(string)
+			if !ok {
+				continue
+			}
+			if renamed, ok := callFieldKeys[key]; ok {
+				attrs = append(attrs, slog.Any(renamed, fields[i+1]))
+			}
+		}
+		logger.LogAttrs(ctx, slog.Level(level), msg, attrs...)
+	}
+}
+
+// stack returns the calling goroutine's stack, for the log line of a panic.
+func stack() string {
+	buf := make([]byte, 64<<10)
+	buf = buf[:runtime.Stack(buf, false)]
+	return strings.TrimSpace(string(buf))
+}
