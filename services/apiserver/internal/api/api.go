@@ -1,0 +1,241 @@
+// Package api is the gRPC surface of the API server: it registers every
+// <Kind>Service on a gRPC server and turns each standard call into a call of
+// the registry.
+//
+// The services are not hand-written one by one: every <Kind>Service follows
+// the standard-method convention of package resource (GetPod takes
+// GetPodRequest{namespace, name} and returns GetPodResponse{pod}, ...), so one
+// handler per verb, working on the messages through protobuf reflection,
+// serves all kinds. Methods outside the convention (PodService/BindPod) are
+// registered explicitly; Register fails if any method of a service is left
+// without a handler, so a proto change cannot silently go unserved.
+// Handlers are safe for concurrent use.
+package api
+
+import (
+	"context"
+	"fmt"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// unaryFunc serves one unary call on decoded messages.
+type unaryFunc func(ctx context.Context, req proto.Message) (proto.Message, error)
+
+// Register registers every kind's service on srv.
+func Register(srv grpc.ServiceRegistrar, reg *registry.Registry) error {
+	special := map[protoreflect.FullName]unaryFunc{
+		"capstan.v1.PodService.BindPod": func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			pod, err := reg.BindPod(ctx, req.(*capstanv1.BindPodRequest))
+			if err != nil {
+				return nil, err
+			}
+			return &capstanv1.BindPodResponse{Pod: pod}, nil
+		},
+	}
+	for _, kind := range resource.All() {
+		desc, err := serviceDesc(kind, reg, special)
+		if err != nil {
+			return err
+		}
+		srv.RegisterService(desc, struct{}{})
+	}
+	return nil
+}
+
+func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protoreflect.FullName]unaryFunc) (*grpc.ServiceDesc, error) {
+	svc := kind.Service()
+	desc := &grpc.ServiceDesc{
+		ServiceName: string(svc.FullName()),
+		HandlerType: (*any)(nil),
+		Metadata:    svc.ParentFile().Path(),
+	}
+	h := &handlers{kind: kind, reg: reg}
+	methods := svc.Methods()
+	for i := 0; i < methods.Len(); i++ {
+		m := methods.Get(i)
+		fullMethod := fmt.Sprintf("/%s/%s", svc.FullName(), m.Name())
+		verb, standard := kind.VerbOf(m.Name())
+		switch {
+		case standard && verb == resource.Watch:
+			desc.Streams = append(desc.Streams, grpc.StreamDesc{
+				StreamName:    string(m.Name()),
+				Handler:       h.watchHandler(m),
+				ServerStreams: true,
+			})
+		case standard:
+			desc.Methods = append(desc.Methods, grpc.MethodDesc{
+				MethodName: string(m.Name()),
+				Handler:    unaryHandler(fullMethod, m, h.unary(verb, m)),
+			})
+		case special[m.FullName()] != nil:
+			desc.Methods = append(desc.Methods, grpc.MethodDesc{
+				MethodName: string(m.Name()),
+				Handler:    unaryHandler(fullMethod, m, special[m.FullName()]),
+			})
+		default:
+			return nil, fmt.Errorf("api: no handler for %s", m.FullName())
+		}
+	}
+	return desc, nil
+}
+
+// unaryHandler adapts fn to grpc's method handler: decode into the generated
+// request type, run the interceptor chain, call fn.
+func unaryHandler(fullMethod string, m protoreflect.MethodDescriptor, fn unaryFunc) grpc.MethodHandler {
+	return func(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		req, err := resource.NewMessage(m.Input())
+		if err != nil {
+			return nil, apierrors.Internal("%v", err)
+		}
+		if err := dec(req); err != nil {
+			return nil, err
+		}
+		if interceptor == nil {
+			return fn(ctx, req)
+		}
+		info := &grpc.UnaryServerInfo{FullMethod: fullMethod}
+		return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return fn(ctx, req.(proto.Message))
+		})
+	}
+}
+
+// handlers serves the standard verbs of one kind.
+type handlers struct {
+	kind *resource.Kind
+	reg  *registry.Registry
+}
+
+func (h *handlers) unary(verb resource.Verb, m protoreflect.MethodDescriptor) unaryFunc {
+	kind, reg := h.kind, h.reg
+	respond := func(obj resource.Object, err error) (proto.Message, error) {
+		if err != nil {
+			return nil, err
+		}
+		return h.objectResponse(m, obj)
+	}
+	switch verb {
+	case resource.Create:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return respond(reg.Create(ctx, kind, h.requestObject(req)))
+		}
+	case resource.Update:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return respond(reg.Update(ctx, kind, h.requestObject(req)))
+		}
+	case resource.UpdateStatus:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return respond(reg.UpdateStatus(ctx, kind, h.requestObject(req)))
+		}
+	case resource.Get:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return respond(reg.Get(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName)))
+		}
+	case resource.Delete:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			var pre *capstanv1.Preconditions
+			if v := resource.FieldValue(req, resource.FieldPreconditions); v.IsValid() && v.Message().IsValid() {
+				pre = v.Message().Interface().(*capstanv1.Preconditions)
+			}
+			return respond(reg.Delete(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName), pre))
+		}
+	case resource.List:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			res, err := reg.List(ctx, kind, h.listRequest(req))
+			if err != nil {
+				return nil, err
+			}
+			resp, err := resource.NewMessage(m.Output())
+			if err != nil {
+				return nil, apierrors.Internal("%v", err)
+			}
+			r := resp.ProtoReflect()
+			list := r.Mutable(kind.ObjectField(m.Output())).List()
+			for _, obj := range res.Items {
+				list.Append(protoreflect.ValueOfMessage(obj.ProtoReflect()))
+			}
+			resource.SetField(resp, resource.FieldNextPageToken, protoreflect.ValueOfString(res.Continue))
+			resource.SetField(resp, resource.FieldResourceVersion, protoreflect.ValueOfInt64(res.Revision))
+			return resp, nil
+		}
+	}
+	panic("api: unary handler for verb " + string(verb))
+}
+
+func (h *handlers) watchHandler(m protoreflect.MethodDescriptor) grpc.StreamHandler {
+	return func(_ any, stream grpc.ServerStream) error {
+		req, err := resource.NewMessage(m.Input())
+		if err != nil {
+			return apierrors.Internal("%v", err)
+		}
+		if err := stream.RecvMsg(req); err != nil {
+			return err
+		}
+		lr := h.listRequest(req)
+		lr.ResourceVersion = resource.IntField(req, resource.FieldResourceVersion)
+		w, err := h.reg.Watch(stream.Context(), h.kind, lr)
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		objField := h.kind.ObjectField(m.Output())
+		for ev := range w.Events() {
+			resp, err := resource.NewMessage(m.Output())
+			if err != nil {
+				return apierrors.Internal("%v", err)
+			}
+			r := resp.ProtoReflect()
+			resource.SetField(resp, resource.FieldType, protoreflect.ValueOfEnum(ev.Type.Number()))
+			resource.SetField(resp, resource.FieldResourceVersion, protoreflect.ValueOfInt64(ev.Revision))
+			if ev.Object != nil {
+				r.Set(objField, protoreflect.ValueOfMessage(ev.Object.ProtoReflect()))
+			}
+			if err := stream.SendMsg(resp); err != nil {
+				return err
+			}
+		}
+		return w.Err()
+	}
+}
+
+// requestObject is the object a Create/Update request carries, or nil.
+func (h *handlers) requestObject(req proto.Message) resource.Object {
+	r := req.ProtoReflect()
+	fd := h.kind.ObjectField(r.Descriptor())
+	if fd == nil || !r.Has(fd) {
+		return nil
+	}
+	return r.Get(fd).Message().Interface().(resource.Object)
+}
+
+func (h *handlers) objectResponse(m protoreflect.MethodDescriptor, obj resource.Object) (proto.Message, error) {
+	resp, err := resource.NewMessage(m.Output())
+	if err != nil {
+		return nil, apierrors.Internal("%v", err)
+	}
+	if obj != nil {
+		resp.ProtoReflect().Set(h.kind.ObjectField(m.Output()), protoreflect.ValueOfMessage(obj.ProtoReflect()))
+	}
+	return resp, nil
+}
+
+func (h *handlers) namespace(req proto.Message) string {
+	return h.kind.Namespace(resource.StringField(req, resource.FieldNamespace))
+}
+
+func (h *handlers) listRequest(req proto.Message) registry.ListRequest {
+	return registry.ListRequest{
+		Namespace:     resource.StringField(req, resource.FieldNamespace),
+		LabelSelector: resource.StringField(req, resource.FieldLabelSelector),
+		FieldSelector: resource.StringField(req, resource.FieldFieldSelector),
+		PageSize:      int32(resource.IntField(req, resource.FieldPageSize)),
+		PageToken:     resource.StringField(req, resource.FieldPageToken),
+	}
+}
