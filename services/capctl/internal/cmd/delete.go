@@ -1,0 +1,127 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/spf13/cobra"
+)
+
+type deleteOptions struct {
+	files          []string
+	labelSelector  string
+	all            bool
+	ignoreNotFound bool
+}
+
+// deleteTarget is one object to delete.
+type deleteTarget struct {
+	kind      *resource.Kind
+	namespace string
+	name      string
+}
+
+func newDeleteCommand(g *globals) *cobra.Command {
+	var o deleteOptions
+	cmd := &cobra.Command{
+		Use:   "delete (KIND NAME... | KIND -l SELECTOR | KIND --all | -f FILE)",
+		Short: "Delete objects by name, by label, or as listed in manifests",
+		Example: `  capctl delete pod web
+  capctl delete pods web-1 web-2
+  capctl delete pods -l app=web
+  capctl delete -f web.yaml
+  capctl delete configmap settings --ignore-not-found`,
+		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, g, args) },
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&o.files, "filename", "f", nil, "delete the objects of this manifest file, directory, or - for standard input")
+	f.StringVarP(&o.labelSelector, "selector", "l", "", "delete the objects of KIND that match this label selector")
+	f.BoolVar(&o.all, "all", false, "delete every object of KIND in the namespace")
+	f.BoolVar(&o.ignoreNotFound, "ignore-not-found", false, "treat an object that does not exist as deleted")
+	return cmd
+}
+
+func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error {
+	ctx := cmd.Context()
+	byName := len(args) > 1 || (len(args) == 1 && strings.Contains(args[0], "/"))
+	selecting := o.labelSelector != "" || o.all
+	switch {
+	case len(o.files) > 0 && len(args) > 0:
+		return usagef(cmd, "give either -f FILE or KIND NAME..., not both")
+	case len(o.files) == 0 && len(args) == 0:
+		return usagef(cmd, "say what to delete: KIND NAME..., KIND -l SELECTOR, KIND --all or -f FILE")
+	case byName && selecting:
+		return usagef(cmd, "give either names or --selector/--all, not both")
+	case len(o.files) == 0 && !byName && !selecting:
+		return usagef(cmd, "name the %s to delete, or select them with -l SELECTOR or --all", args[0])
+	}
+	var targets []deleteTarget
+	if len(o.files) > 0 {
+		docs, err := readManifests(g, o.files)
+		if err != nil {
+			return err
+		}
+		for _, d := range docs {
+			m := resource.Meta(d.Object)
+			targets = append(targets, deleteTarget{kind: d.Kind, namespace: m.GetNamespace(), name: m.GetName()})
+		}
+	}
+	c, err := g.dial(0)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if len(args) > 0 {
+		kind, names, err := kindAndNames(cmd, args)
+		if err != nil {
+			return err
+		}
+		ns := g.namespaceFor(kind)
+		if selecting {
+			if names, err = selectNames(ctx, c, kind, ns, o.labelSelector); err != nil {
+				return err
+			}
+			if len(names) == 0 {
+				fmt.Fprintln(g.streams.ErrOut, noResources(kind, ns))
+			}
+		}
+		for _, n := range names {
+			targets = append(targets, deleteTarget{kind: kind, namespace: ns, name: n})
+		}
+	}
+	failures := 0
+	for _, t := range targets {
+		_, err := c.Delete(ctx, t.kind, t.namespace, t.name, nil)
+		switch {
+		case err == nil:
+			fmt.Fprintf(g.streams.Out, "%s %q deleted\n", t.kindWord(), t.name)
+		case apierrors.IsNotFound(err) && o.ignoreNotFound:
+		default:
+			g.writeErr(objectError(t.kind, t.name, err))
+			failures++
+		}
+	}
+	if failures > 0 {
+		return &alreadyReported{failures: failures}
+	}
+	return nil
+}
+
+// kindWord is how kubectl names a kind in "pod "web" deleted".
+func (t deleteTarget) kindWord() string { return strings.ToLower(t.kind.Name) }
+
+func selectNames(ctx context.Context, c *client.Client, kind *resource.Kind, ns, selector string) ([]string, error) {
+	res, err := c.ListAll(ctx, kind, client.ListOptions{Namespace: ns, LabelSelector: selector, PageSize: listPageSize})
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(res.Items))
+	for _, obj := range res.Items {
+		names = append(names, obj.GetMetadata().GetName())
+	}
+	return names, nil
+}
