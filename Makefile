@@ -1,0 +1,130 @@
+# Capstan: build, test and run. `make help` lists the targets.
+#
+# Every binary is services/<name>/main.go; the targets find them, so a new
+# binary needs no edit here. Tools (buf, protoc-gen-go-grpc, grpcurl) are
+# pinned in tools/go.mod and run with `go tool -modfile=tools/go.mod`; see
+# docs/adr/0001-tools-and-generated-code.md.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+MAKEFLAGS += --no-print-directory
+
+GO ?= go
+TOOL := $(GO) tool -modfile=tools/go.mod
+MODULE := github.com/capstan-dev/capstan
+
+BIN_DIR ?= bin
+STATE_DIR ?= .local
+SERVICES := $(sort $(patsubst services/%/main.go,%,$(wildcard services/*/main.go)))
+
+# Stamped into every binary (internal/version.Version).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO_LDFLAGS := -s -w -X $(MODULE)/internal/version.Version=$(VERSION)
+
+PKGS ?= ./...
+TEST_TIMEOUT ?= 15m
+TEST_FLAGS ?=
+BENCH_TIME ?= 1s
+BENCH_FLAGS ?=
+# Tests that need a Docker engine: build tag `docker`, packages under test/docker.
+DOCKER_TEST_PKGS ?= ./test/docker/...
+DOCKER_TEST_TIMEOUT ?= 30m
+
+IMAGE_REPO ?= capstan
+IMAGE_TAG ?= dev
+export CAPSTAN_IMAGE_TAG := $(IMAGE_TAG)
+
+LOCALCLUSTER := $(GO) run ./hack/localcluster --state-dir $(STATE_DIR) --bin-dir $(BIN_DIR)
+DOCKER_OK = docker info >/dev/null 2>&1
+DOCKER_TESTS_RUNNABLE = { $(DOCKER_OK) && [ -n "$$($(GO) list -tags docker $(DOCKER_TEST_PKGS) 2>/dev/null)" ]; }
+
+.PHONY: help build generate lint check-generated test test-unit test-docker bench \
+	local-up local-down local-status up down images clean clean-state
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+
+build: ## static binaries for every services/*/main.go into bin/
+	@mkdir -p $(BIN_DIR)
+	@if [ -z "$(SERVICES)" ]; then echo "no services/*/main.go yet: nothing to build"; exit 0; fi; \
+	echo "building $(SERVICES) into $(BIN_DIR)/"; \
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN_DIR)/ $(addprefix ./services/,$(SERVICES))
+
+generate: ## regenerate gen/ from proto/ (buf, offline)
+	$(TOOL) buf generate
+
+lint: ## buf lint and go vet
+	$(TOOL) buf lint
+	$(GO) vet ./...
+
+check-generated: generate ## fail if gen/ differs from what proto/ generates
+	@git diff --exit-code --stat -- gen/ || { echo "gen/ is out of date: run 'make generate' and commit it"; exit 1; }
+	@untracked="$$(git status --porcelain --untracked-files=all -- gen/)"; \
+	if [ -n "$$untracked" ]; then echo "$$untracked"; echo "gen/ has files git does not track: run 'make generate' and commit them"; exit 1; fi
+
+# The docker tests run after the unit tests when they can; when they cannot,
+# the notice comes first, so the output always ends with go test's summary.
+test: check-generated lint ## everything CI runs: generated code, lint, vet, go test -race, docker tests
+	@if ! $(DOCKER_TESTS_RUNNABLE); then $(MAKE) test-docker; fi
+	@$(MAKE) test-unit
+	@if $(DOCKER_TESTS_RUNNABLE); then $(MAKE) test-docker; fi
+
+# The tests that run real binaries take them from bin/ (CAPSTAN_BIN_DIR).
+test-unit: build ## go test -race $(PKGS) (no Docker needed; PKGS=./... by default)
+	CAPSTAN_BIN_DIR=$(CURDIR)/$(BIN_DIR) $(GO) test -race -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
+
+test-docker: ## tests that need a Docker engine (skipped without one)
+	@if ! $(DOCKER_OK); then echo "SKIPPED: docker tests (no Docker engine)"; \
+	elif [ -z "$$($(GO) list -tags docker $(DOCKER_TEST_PKGS) 2>/dev/null)" ]; then \
+	  echo "SKIPPED: docker tests (no packages match $(DOCKER_TEST_PKGS) yet)"; \
+	else $(MAKE) images && $(GO) test -tags docker -p 1 -timeout $(DOCKER_TEST_TIMEOUT) $(TEST_FLAGS) $(DOCKER_TEST_PKGS); fi
+
+bench: ## benchmarks only (PKGS, BENCH_TIME=1s, BENCH_FLAGS=...)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_TIME) -benchmem $(BENCH_FLAGS) $(PKGS)
+
+local-up: build ## start 3 masters as local processes (state in .local/)
+	$(LOCALCLUSTER) up
+
+local-down: ## stop the local processes
+	$(LOCALCLUSTER) down
+
+local-status: ## list the local processes
+	$(LOCALCLUSTER) status
+
+up: ## start the cluster: docker compose when Docker works, else local processes
+	@if $(DOCKER_OK); then \
+	  echo "starting with docker compose"; \
+	  $(MAKE) images; \
+	  deploy/compose.sh up; \
+	else \
+	  echo "no Docker engine: starting local processes (make local-up)"; \
+	  $(MAKE) local-up; \
+	fi
+
+down: ## stop what `make up` started (compose keeps its volumes; see deploy/compose.sh)
+	@if $(DOCKER_OK); then \
+	  echo "stopping docker compose"; \
+	  deploy/compose.sh down; \
+	else \
+	  echo "no Docker engine: stopping local processes (make local-down)"; \
+	  $(MAKE) local-down; \
+	fi
+
+# A scratch image holds one binary and nothing else; the build context is a
+# directory with just that binary and an `entrypoint` symlink to it, because
+# ENTRYPOINT cannot name the binary through ARG.
+images: build ## one FROM-scratch image per binary: $(IMAGE_REPO)/<binary>:$(IMAGE_TAG)
+	@for b in $(SERVICES); do \
+	  ctx="$(BIN_DIR)/.image/$$b"; rm -rf "$$ctx"; mkdir -p "$$ctx"; \
+	  ln -f "$(BIN_DIR)/$$b" "$$ctx/$$b" 2>/dev/null || cp "$(BIN_DIR)/$$b" "$$ctx/$$b"; \
+	  ln -s "$$b" "$$ctx/entrypoint"; \
+	  echo "image $(IMAGE_REPO)/$$b:$(IMAGE_TAG)"; \
+	  docker build --quiet -f deploy/Dockerfile --build-arg BINARY="$$b" -t "$(IMAGE_REPO)/$$b:$(IMAGE_TAG)" "$$ctx" >/dev/null; \
+	done
+
+clean: ## remove bin/ (the local cluster's state stays: make clean-state)
+	rm -rf $(BIN_DIR)
+
+clean-state: local-down ## stop the local cluster and delete its state
+	rm -rf $(STATE_DIR)

@@ -1,0 +1,600 @@
+// Package localcluster runs a Capstan topology (API servers with embedded
+// etcd members, later the other components) as plain local processes: for
+// machines without a Docker engine (`make local-up`) and for integration
+// tests that drive the real binaries.
+//
+// All state is on disk under the topology's state directory, so one runner
+// starts the cluster and a later one finds, stops or restarts it. A process
+// counts as running only when its pid file names a live process whose argv[0]
+// is the expected binary (read from /proc, so this package is Linux-only): a
+// stale pid file or a reused pid is never taken for it and never signalled,
+// and a replica that was killed is simply started again by the next Up.
+// Each process runs in its own session and process group (Setsid) with its
+// stdout and stderr appended to its log file, so it outlives the runner and
+// a Ctrl-C in the runner's terminal does not reach it.
+//
+// Tests get the real binaries from FindOrBuildBinaries: bin/ when `make
+// test` names it in $CAPSTAN_BIN_DIR, else a fresh build.
+//
+// Concurrency: a Cluster is safe for concurrent use. Operations that start
+// or stop processes are serialised, within one program by a mutex and
+// across programs by an advisory lock on <state>/lock; status queries and
+// readiness waits take no lock.
+package localcluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/capstan-dev/capstan/internal/grpcserver"
+)
+
+// DefaultReadyTimeout bounds Up's wait for the API servers when the Config
+// sets none: a cold three-member etcd cluster elects a leader in well under
+// a second, so a minute means something is wrong, and the error says which.
+const DefaultReadyTimeout = 60 * time.Second
+
+// pollInterval is how often waits look at processes and health again.
+const pollInterval = 100 * time.Millisecond
+
+// killWait bounds the wait for a SIGKILLed process to disappear.
+const killWait = 10 * time.Second
+
+var (
+	// ErrNotRunning is returned for a process that is not running.
+	ErrNotRunning = errors.New("localcluster: process not running")
+	// ErrUnknownProcess is returned for a name the topology does not have.
+	ErrUnknownProcess = errors.New("localcluster: unknown process")
+)
+
+// Config is the only way to make a Cluster.
+type Config struct {
+	// Topology is what to run; New validates it.
+	Topology Topology
+	// Logger reports what the runner does (started, already running,
+	// ready, killed). nil discards it.
+	Logger *slog.Logger
+	// ReadyTimeout bounds Up's wait for readiness; 0 means
+	// DefaultReadyTimeout.
+	ReadyTimeout time.Duration
+}
+
+// Cluster starts, watches and stops the processes of one topology.
+type Cluster struct {
+	topo         Topology
+	logger       *slog.Logger
+	readyTimeout time.Duration
+
+	// mu serialises starts and stops within this program; the file lock
+	// does so across programs.
+	mu sync.Mutex
+}
+
+// ProcessStatus is one line of Status.
+type ProcessStatus struct {
+	Name string
+	// Pid is the pid in the pid file, 0 if there is none. When Running is
+	// false it is stale.
+	Pid     int
+	Running bool
+	// HealthAddr is the process's gRPC health address, if it has one.
+	HealthAddr string
+	LogPath    string
+}
+
+// New validates cfg and returns a Cluster for it. Paths are made absolute,
+// so the Cluster does not depend on the working directory later.
+func New(cfg Config) (*Cluster, error) {
+	topo := cfg.Topology
+	if topo.StateDir == "" {
+		return nil, errors.New("localcluster: Topology.StateDir is empty")
+	}
+	stateDir, err := filepath.Abs(topo.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("localcluster: state dir: %w", err)
+	}
+	topo.StateDir = stateDir
+	topo.Processes = slices.Clone(topo.Processes)
+	seen := map[string]bool{}
+	for i := range topo.Processes {
+		p := &topo.Processes[i]
+		if p.Name == "" || p.Name == "." || p.Name == ".." || strings.ContainsAny(p.Name, `/\`) {
+			return nil, fmt.Errorf("localcluster: process %d: name %q is not a valid file name", i, p.Name)
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("localcluster: process name %q appears twice", p.Name)
+		}
+		seen[p.Name] = true
+		if p.Binary == "" {
+			return nil, fmt.Errorf("localcluster: process %s: Binary is empty", p.Name)
+		}
+		if p.Binary, err = filepath.Abs(p.Binary); err != nil {
+			return nil, fmt.Errorf("localcluster: process %s: binary: %w", p.Name, err)
+		}
+		if p.RestartArgs != nil && p.RestartMarker == "" {
+			return nil, fmt.Errorf("localcluster: process %s: RestartArgs without RestartMarker", p.Name)
+		}
+		p.Args = slices.Clone(p.Args)
+		p.RestartArgs = slices.Clone(p.RestartArgs)
+		p.Env = slices.Clone(p.Env)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	readyTimeout := cfg.ReadyTimeout
+	if readyTimeout <= 0 {
+		readyTimeout = DefaultReadyTimeout
+	}
+	return &Cluster{topo: topo, logger: logger, readyTimeout: readyTimeout}, nil
+}
+
+// Topology is the validated topology, with absolute paths.
+func (c *Cluster) Topology() Topology {
+	topo := c.topo
+	topo.Processes = slices.Clone(c.topo.Processes)
+	return topo
+}
+
+// Up starts every process that is not running, in topology order, then
+// waits until every process with a HealthAddr is SERVING, for at most the
+// ready timeout. Processes already running are left alone. If ctx ends, Up
+// stops waiting and returns ctx's error; the processes it started keep
+// running (Down stops them).
+func (c *Cluster) Up(ctx context.Context) error {
+	err := c.withLock(ctx, func() error {
+		for i := range c.topo.Processes {
+			if _, err := c.start(&c.topo.Processes[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.readyTimeout)
+	defer cancel()
+	return c.WaitReady(ctx)
+}
+
+// Start starts the named process unless it is running, and returns its pid
+// either way. It does not wait for readiness (WaitReady does). ctx bounds
+// only the wait for the state lock.
+func (c *Cluster) Start(ctx context.Context, name string) (int, error) {
+	p, err := c.process(name)
+	if err != nil {
+		return 0, err
+	}
+	var pid int
+	err = c.withLock(ctx, func() error {
+		pid, err = c.start(p)
+		return err
+	})
+	return pid, err
+}
+
+// Down stops every running process: processes of the last binary in the
+// topology first, all processes of one binary at once. Each gets SIGTERM
+// (and SIGCONT, so a stopped one can act on it) and up to grace to exit,
+// then SIGKILL. Pid files are removed. If ctx ends, Down kills what is left
+// at once instead of waiting out the grace.
+func (c *Cluster) Down(ctx context.Context, grace time.Duration) error {
+	return c.withLock(ctx, func() error {
+		var errs []error
+		for _, group := range c.stopGroups() {
+			errs = append(errs, c.stop(ctx, group, grace))
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Stop stops the named process the way Down does.
+func (c *Cluster) Stop(ctx context.Context, name string, grace time.Duration) error {
+	p, err := c.process(name)
+	if err != nil {
+		return err
+	}
+	return c.withLock(ctx, func() error { return c.stop(ctx, []*Process{p}, grace) })
+}
+
+// Signal sends sig to the named process by its pid: SIGKILL to crash it,
+// SIGSTOP and SIGCONT to freeze and thaw it. It returns ErrNotRunning
+// (wrapped) if the process is not running.
+func (c *Cluster) Signal(name string, sig syscall.Signal) error {
+	pid, err := c.Pid(name)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		return fmt.Errorf("localcluster: signal %s (pid %d) with %v: %w", name, pid, sig, err)
+	}
+	return nil
+}
+
+// Pid is the pid of the named process, or ErrNotRunning (wrapped).
+func (c *Cluster) Pid(name string) (int, error) {
+	p, err := c.process(name)
+	if err != nil {
+		return 0, err
+	}
+	pid, ok := c.running(p)
+	if !ok {
+		return 0, fmt.Errorf("%w: %s", ErrNotRunning, name)
+	}
+	return pid, nil
+}
+
+// Status lists every process of the topology, in order, with its pid and
+// whether it runs.
+func (c *Cluster) Status() []ProcessStatus {
+	statuses := make([]ProcessStatus, 0, len(c.topo.Processes))
+	for i := range c.topo.Processes {
+		p := &c.topo.Processes[i]
+		pid, _ := readPidFile(c.topo.PidPath(p.Name))
+		statuses = append(statuses, ProcessStatus{
+			Name:       p.Name,
+			Pid:        pid,
+			Running:    pid != 0 && isOurs(pid, p.Binary),
+			HealthAddr: p.HealthAddr,
+			LogPath:    c.topo.LogPath(p.Name),
+		})
+	}
+	return statuses
+}
+
+// CheckReady asks the named process once whether it is SERVING on its
+// health address; nil means it is. ctx bounds the check.
+func (c *Cluster) CheckReady(ctx context.Context, name string) error {
+	p, err := c.process(name)
+	if err != nil {
+		return err
+	}
+	if p.HealthAddr == "" {
+		return fmt.Errorf("localcluster: %s has no health address", name)
+	}
+	return grpcserver.Probe(ctx, p.HealthAddr)
+}
+
+// WaitReady waits until the named processes (all with a HealthAddr when no
+// name is given) are SERVING, and logs each as it becomes ready. It fails at
+// once if one of them is not running, with the end of its log. If ctx ends
+// first it returns an error naming the processes still not ready and
+// wrapping ctx's error.
+func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
+	pending := map[string]*Process{}
+	if len(names) == 0 {
+		for i := range c.topo.Processes {
+			if p := &c.topo.Processes[i]; p.HealthAddr != "" {
+				pending[p.Name] = p
+			}
+		}
+	}
+	for _, name := range names {
+		p, err := c.process(name)
+		if err != nil {
+			return err
+		}
+		if p.HealthAddr == "" {
+			return fmt.Errorf("localcluster: %s has no health address to wait on", name)
+		}
+		pending[name] = p
+	}
+	lastErr := map[string]error{}
+	for {
+		for _, name := range slices.Sorted(maps.Keys(pending)) {
+			p := pending[name]
+			pid, ok := c.running(p)
+			if !ok {
+				return fmt.Errorf("%w: %s exited before it was ready; end of %s:\n%s",
+					ErrNotRunning, name, c.topo.LogPath(name), logTail(c.topo.LogPath(name)))
+			}
+			probeCtx, cancel := context.WithTimeout(ctx, time.Second)
+			err := grpcserver.Probe(probeCtx, p.HealthAddr)
+			cancel()
+			if err != nil {
+				lastErr[name] = err
+				continue
+			}
+			c.logger.Info("ready", "process", name, "pid", pid, "addr", p.HealthAddr)
+			delete(pending, name)
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			var waiting []string
+			for _, name := range slices.Sorted(maps.Keys(pending)) {
+				waiting = append(waiting, fmt.Sprintf("%s (%v; log %s)", name, lastErr[name], c.topo.LogPath(name)))
+			}
+			return fmt.Errorf("localcluster: not ready: %s: %w", strings.Join(waiting, ", "), ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// WaitExited waits until the named process is no longer running. If ctx
+// ends first it returns ctx's error, wrapped.
+func (c *Cluster) WaitExited(ctx context.Context, name string) error {
+	p, err := c.process(name)
+	if err != nil {
+		return err
+	}
+	for {
+		if _, ok := c.running(p); !ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("localcluster: %s still running: %w", name, ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func (c *Cluster) process(name string) (*Process, error) {
+	for i := range c.topo.Processes {
+		if c.topo.Processes[i].Name == name {
+			return &c.topo.Processes[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownProcess, name)
+}
+
+// running reports the pid of p if p is running.
+func (c *Cluster) running(p *Process) (int, bool) {
+	pid, err := readPidFile(c.topo.PidPath(p.Name))
+	if err != nil || pid == 0 {
+		return 0, false
+	}
+	return pid, isOurs(pid, p.Binary)
+}
+
+// start starts p unless it runs; the caller holds the lock.
+func (c *Cluster) start(p *Process) (int, error) {
+	if pid, ok := c.running(p); ok {
+		c.logger.Info("already running", "process", p.Name, "pid", pid)
+		return pid, nil
+	}
+	if _, err := os.Stat(p.Binary); err != nil {
+		return 0, fmt.Errorf("localcluster: start %s: %w (build the binaries first: make build)", p.Name, err)
+	}
+	dataDir := c.topo.DataDir(p.Name)
+	for _, dir := range []string{dataDir, filepath.Dir(c.topo.LogPath(p.Name)), filepath.Dir(c.topo.PidPath(p.Name))} {
+		// 0700: the data directories hold etcd's data, which is the cluster's.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
+		}
+	}
+	args := p.Args
+	if p.RestartArgs != nil {
+		if _, err := os.Stat(filepath.Join(dataDir, p.RestartMarker)); err == nil {
+			args = p.RestartArgs
+		}
+	}
+	logPath := c.topo.LogPath(p.Name)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
+	}
+	defer logFile.Close()
+	fmt.Fprintf(logFile, "--- %s localcluster: starting %s %s\n",
+		time.Now().Format(time.RFC3339), p.Binary, strings.Join(args, " "))
+	cmd := &exec.Cmd{
+		Path:   p.Binary,
+		Args:   append([]string{p.Binary}, args...),
+		Dir:    dataDir,
+		Env:    append(os.Environ(), p.Env...),
+		Stdout: logFile,
+		Stderr: logFile,
+		// A new session makes the process its own process-group leader,
+		// detached from the runner's terminal and signals.
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
+	}
+	pid := cmd.Process.Pid
+	// Nobody Waits on the child: a runner that lives on reaps it when it
+	// next looks at it (isOurs), a runner that exits leaves it to init.
+	if err := cmd.Process.Release(); err != nil {
+		c.logger.Warn("release process handle", "process", p.Name, "pid", pid, "err", err)
+	}
+	if err := writePidFile(c.topo.PidPath(p.Name), pid); err != nil {
+		// Without its pid file the process could never be found again.
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
+	}
+	c.logger.Info("started", "process", p.Name, "pid", pid, "log", logPath)
+	return pid, nil
+}
+
+// stopGroups groups the processes by binary, in reverse order of each
+// binary's first appearance.
+func (c *Cluster) stopGroups() [][]*Process {
+	var binaries []string
+	groups := map[string][]*Process{}
+	for i := range c.topo.Processes {
+		p := &c.topo.Processes[i]
+		if _, ok := groups[p.Binary]; !ok {
+			binaries = append(binaries, p.Binary)
+		}
+		groups[p.Binary] = append(groups[p.Binary], p)
+	}
+	slices.Reverse(binaries)
+	ordered := make([][]*Process, 0, len(binaries))
+	for _, b := range binaries {
+		ordered = append(ordered, groups[b])
+	}
+	return ordered
+}
+
+// stop stops the processes together; the caller holds the lock.
+func (c *Cluster) stop(ctx context.Context, procs []*Process, grace time.Duration) error {
+	pids := map[*Process]int{}
+	for _, p := range procs {
+		pid, ok := c.running(p)
+		if !ok {
+			continue
+		}
+		pids[p] = pid
+		c.logger.Info("stopping", "process", p.Name, "pid", pid)
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+	graceCtx, cancel := context.WithTimeout(ctx, grace)
+	waitGone(graceCtx, pids)
+	cancel()
+	for p, pid := range pids {
+		c.logger.Warn("did not exit within the grace period: killing", "process", p.Name, "pid", pid, "grace", grace)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	// Deliberately not ctx: a killed process goes away within this bound,
+	// and returning earlier would leave a pid file for a live process.
+	killCtx, cancel := context.WithTimeout(context.Background(), killWait)
+	waitGone(killCtx, pids)
+	cancel()
+	var errs []error
+	for _, p := range procs {
+		if pid, ok := pids[p]; ok {
+			errs = append(errs, fmt.Errorf("localcluster: %s (pid %d) survived SIGKILL", p.Name, pid))
+			continue
+		}
+		if err := os.Remove(c.topo.PidPath(p.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("localcluster: stop %s: %w", p.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitGone removes from pids each process that exits, until none is left
+// or ctx ends.
+func waitGone(ctx context.Context, pids map[*Process]int) {
+	for {
+		for p, pid := range pids {
+			if !isOurs(pid, p.Binary) {
+				delete(pids, p)
+			}
+		}
+		if len(pids) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pollInterval / 5):
+		}
+	}
+}
+
+// withLock runs fn holding the mutex and the state directory's file lock.
+// ctx bounds the wait for the file lock.
+func (c *Cluster) withLock(ctx context.Context, fn func() error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := os.MkdirAll(c.topo.StateDir, 0o700); err != nil {
+		return fmt.Errorf("localcluster: state dir: %w", err)
+	}
+	lockFile, err := os.OpenFile(filepath.Join(c.topo.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("localcluster: lock: %w", err)
+	}
+	defer lockFile.Close() // closing releases the flock
+	for {
+		err := syscall.Flock(int(lockFile.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("localcluster: lock %s: %w", lockFile.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("localcluster: another runner holds %s: %w", lockFile.Name(), ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+	return fn()
+}
+
+// isOurs reports whether pid is a live process running binary. A zombie is
+// not live; if it is our child it is reaped on the way.
+func isOurs(pid int, binary string) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may
+	// itself contain spaces and parentheses.
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 || end+2 >= len(stat) {
+		return false
+	}
+	if state := stat[end+2]; state == 'Z' || state == 'X' {
+		var ws syscall.WaitStatus
+		_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		return false
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+	return string(argv0) == binary
+}
+
+func readPidFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("localcluster: pid file %s: bad content %q", path, b)
+	}
+	return pid, nil
+}
+
+// writePidFile replaces the pid file atomically, so a concurrent reader sees
+// the old pid or the new one, never a partial write.
+func writePidFile(path string, pid int) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// logTail is the end of a log file, for error messages.
+func logTail(path string) string {
+	const maxBytes = 4096
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	defer f.Close()
+	if info, err := f.Stat(); err == nil && info.Size() > maxBytes {
+		_, _ = f.Seek(-maxBytes, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}

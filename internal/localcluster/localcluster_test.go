@@ -1,0 +1,385 @@
+package localcluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// helperEnv makes the test binary act as a managed process instead of
+// running the tests: the runner needs programs that ignore SIGTERM, serve
+// gRPC health or fail at start, and /bin/sleep does none of that.
+const helperEnv = "LOCALCLUSTER_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(runHelper(mode, os.Args[1:]))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// runHelper is the body of a helper process.
+func runHelper(mode string, args []string) int {
+	terminated := make(chan os.Signal, 1)
+	switch mode {
+	case "serve-health": // serve grpc.health.v1 SERVING on args[0] until SIGTERM
+		signal.Notify(terminated, syscall.SIGTERM)
+		lis, err := net.Listen("tcp", args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		srv := grpc.NewServer()
+		healthpb.RegisterHealthServer(srv, health.NewServer())
+		go srv.Serve(lis)
+		<-terminated
+		srv.GracefulStop()
+		return 0
+	case "ignore-term": // survive SIGTERM: only SIGKILL ends it
+		signal.Ignore(syscall.SIGTERM)
+		signal.Notify(terminated, syscall.SIGUSR1)
+		fmt.Println("ignoring SIGTERM")
+		<-terminated
+		return 0
+	case "fail": // exit at once, with a message in the log
+		fmt.Fprintln(os.Stderr, "helper: bad flag --nope")
+		return 3
+	}
+	return 2
+}
+
+func helperProcess(name, mode string, args ...string) Process {
+	return Process{Name: name, Binary: os.Args[0], Args: args, Env: []string{helperEnv + "=" + mode}}
+}
+
+func sleepProcess(name string) Process {
+	return Process{Name: name, Binary: "/bin/sleep", Args: []string{"600"}}
+}
+
+func newCluster(t *testing.T, procs ...Process) *Cluster {
+	t.Helper()
+	c, err := New(Config{Topology: Topology{StateDir: t.TempDir(), Processes: procs}, ReadyTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Down(context.Background(), time.Second); err != nil {
+			t.Errorf("cleanup Down: %v", err)
+		}
+	})
+	return c
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustPid(t *testing.T, c *Cluster, name string) int {
+	t.Helper()
+	pid, err := c.Pid(name)
+	if err != nil {
+		t.Fatalf("Pid(%s): %v", name, err)
+	}
+	return pid
+}
+
+func TestUpAdoptsRunningAndRestartsKilled(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, sleepProcess("a"), sleepProcess("b"))
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pidA, pidB := mustPid(t, c, "a"), mustPid(t, c, "b")
+
+	// A second Up, as from another `make local-up`, adopts both.
+	again, err := New(Config{Topology: c.Topology()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPid(t, c, "a"); got != pidA {
+		t.Fatalf("Up restarted a running process: pid %d, want %d", got, pidA)
+	}
+
+	if err := c.Signal("b", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitExited(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pid("b"); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Pid of a killed process: err %v, want ErrNotRunning", err)
+	}
+	for _, st := range c.Status() {
+		if want := st.Name == "a"; st.Running != want {
+			t.Fatalf("Status %s: running %v, want %v", st.Name, st.Running, want)
+		}
+	}
+
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPid(t, c, "b"); got == pidB {
+		t.Fatalf("killed process was not restarted (pid %d)", got)
+	}
+	if got := mustPid(t, c, "a"); got != pidA {
+		t.Fatalf("Up touched the live process: pid %d, want %d", got, pidA)
+	}
+}
+
+func TestProcessesRunDetachedAndLogToTheirFile(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, helperProcess("h", "ignore-term"))
+	pid, err := c.Start(ctx, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command: state ppid pgrp session.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if fields[2] != strconv.Itoa(pid) || fields[3] != strconv.Itoa(pid) {
+		t.Fatalf("pid %d has process group %s and session %s, want its own", pid, fields[2], fields[3])
+	}
+	waitForLog(ctx, t, c.Topology().LogPath("h"), "ignoring SIGTERM")
+	if !strings.Contains(readFile(t, c.Topology().LogPath("h")), "localcluster: starting "+os.Args[0]) {
+		t.Fatal("log has no start header")
+	}
+}
+
+func TestDownEscalatesToSIGKILL(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, helperProcess("stubborn", "ignore-term"), sleepProcess("polite"))
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(ctx, t, c.Topology().LogPath("stubborn"), "ignoring SIGTERM")
+	if err := c.Down(ctx, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range c.Status() {
+		if st.Running || st.Pid != 0 {
+			t.Fatalf("after Down: %+v, want stopped with no pid file", st)
+		}
+	}
+}
+
+func TestDownStopsAFrozenProcess(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, sleepProcess("frozen"))
+	var logs bytes.Buffer
+	c.logger = slog.New(slog.NewTextHandler(&logs, nil))
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Signal("frozen", syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// SIGCONT after SIGTERM lets the frozen process act on SIGTERM, so
+	// within a long grace Down must not need SIGKILL.
+	if err := c.Down(ctx, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "killing") {
+		t.Fatalf("Down killed a process that SIGTERM would have stopped:\n%s", logs.String())
+	}
+	if _, err := c.Pid("frozen"); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("after Down: %v, want ErrNotRunning", err)
+	}
+}
+
+func TestForeignPidIsNeverTaken(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, sleepProcess("s"))
+	topo := c.Topology()
+	if err := os.MkdirAll(filepath.Dir(topo.PidPath("s")), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// This test's own pid is alive but is not /bin/sleep.
+	if err := writePidFile(topo.PidPath("s"), os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Status()[0]; st.Running || st.Pid != os.Getpid() {
+		t.Fatalf("status %+v, want a stale pid file", st)
+	}
+	if err := c.Signal("s", syscall.SIGTERM); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Signal to a foreign pid: %v, want ErrNotRunning", err)
+	}
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pid := mustPid(t, c, "s"); pid == os.Getpid() {
+		t.Fatal("adopted a foreign process")
+	}
+}
+
+func TestRestartArgsOnceMarkerExists(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, Process{
+		Name: "member", Binary: "/bin/sleep",
+		Args: []string{"601"}, RestartArgs: []string{"602"}, RestartMarker: "etcd/member",
+	})
+	for _, tc := range []struct {
+		makeMarker bool
+		wantArg    string
+	}{
+		{makeMarker: false, wantArg: "601"},
+		{makeMarker: true, wantArg: "602"},
+	} {
+		if tc.makeMarker {
+			if err := os.MkdirAll(filepath.Join(c.Topology().DataDir("member"), "etcd", "member"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pid, err := c.Start(ctx, "member")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmdline := readFile(t, fmt.Sprintf("/proc/%d/cmdline", pid))
+		if want := "/bin/sleep\x00" + tc.wantArg + "\x00"; cmdline != want {
+			t.Fatalf("marker %v: cmdline %q, want %q", tc.makeMarker, cmdline, want)
+		}
+		if err := c.Stop(ctx, "member", 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestUpWaitsForHealth(t *testing.T) {
+	ctx := testContext(t)
+	ports, err := FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0].GRPC)
+	p := helperProcess("api", "serve-health", addr)
+	p.HealthAddr = addr
+	c := newCluster(t, p)
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckReady(ctx, "api"); err != nil {
+		t.Fatalf("after Up: %v", err)
+	}
+	if got := c.Topology().APIAddresses(); len(got) != 0 {
+		t.Fatalf("APIAddresses of a topology without apiserver binaries: %v", got)
+	}
+}
+
+func TestUpReportsAProcessThatDies(t *testing.T) {
+	ctx := testContext(t)
+	p := helperProcess("broken", "fail")
+	p.HealthAddr = "127.0.0.1:1"
+	c := newCluster(t, p)
+	err := c.Up(ctx)
+	if !errors.Is(err, ErrNotRunning) || !strings.Contains(err.Error(), "bad flag --nope") {
+		t.Fatalf("Up: %v, want ErrNotRunning with the log's last lines", err)
+	}
+}
+
+func TestNewRejectsBadTopologies(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		topo Topology
+		want string
+	}{
+		{"no state dir", Topology{Processes: []Process{sleepProcess("a")}}, "StateDir is empty"},
+		{"duplicate", Topology{StateDir: "x", Processes: []Process{sleepProcess("a"), sleepProcess("a")}}, "appears twice"},
+		{"path name", Topology{StateDir: "x", Processes: []Process{sleepProcess("a/b")}}, "not a valid file name"},
+		{"no binary", Topology{StateDir: "x", Processes: []Process{{Name: "a"}}}, "Binary is empty"},
+		{"restart without marker", Topology{StateDir: "x", Processes: []Process{{Name: "a", Binary: "/bin/true", RestartArgs: []string{}}}}, "RestartMarker"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(Config{Topology: tc.topo})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestStartWithoutBinarySaysToBuild(t *testing.T) {
+	c := newCluster(t, Process{Name: "a", Binary: filepath.Join(t.TempDir(), "missing")})
+	if _, err := c.Start(testContext(t), "a"); err == nil || !strings.Contains(err.Error(), "make build") {
+		t.Fatalf("Start: %v, want a hint to build", err)
+	}
+}
+
+func TestDefaultTopology(t *testing.T) {
+	topo := Default("bin", ".local")
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(wd, "bin", "apiserver"); topo.Processes[0].Binary != want {
+		t.Errorf("binary %s, want %s", topo.Processes[0].Binary, want)
+	}
+	want := []string{"127.0.0.1:6441", "127.0.0.1:6442", "127.0.0.1:6443"}
+	if got := topo.APIAddresses(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("APIAddresses: %v, want %v", got, want)
+	}
+	p := topo.Processes[1]
+	for _, arg := range []string{
+		"--name=apiserver-2",
+		"--etcd-name=master-2",
+		"--etcd-listen-client=http://127.0.0.1:22379",
+		"--etcd-advertise-peer=http://127.0.0.1:22380",
+		"--etcd-initial-cluster=master-1=http://127.0.0.1:12380,master-2=http://127.0.0.1:22380,master-3=http://127.0.0.1:32380",
+		"--etcd-data-dir=" + filepath.Join(wd, ".local", "data", "apiserver-2", "etcd"),
+		"--etcd-initial-cluster-state=new",
+	} {
+		if !slices.Contains(p.Args, arg) {
+			t.Errorf("apiserver-2 args %q lack %q", p.Args, arg)
+		}
+	}
+	if !slices.Contains(p.RestartArgs, "--etcd-initial-cluster-state=existing") {
+		t.Errorf("apiserver-2 restart args %q do not rejoin the existing cluster", p.RestartArgs)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func waitForLog(ctx context.Context, t *testing.T, path, text string) {
+	t.Helper()
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), text) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s never contained %q: %s", path, text, b)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

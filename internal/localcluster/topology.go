@@ -1,0 +1,198 @@
+package localcluster
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+)
+
+// Process is one program of a topology: what to run and how to tell that it
+// is ready. A Process is plain data; the Cluster decides when to start it.
+type Process struct {
+	// Name identifies the process: its pid file, log file and data directory
+	// are named after it. It must be a valid file name.
+	Name string
+	// Binary is the path of the executable. It is also how the runner
+	// recognises its own process behind a pid file: argv[0] of a running
+	// process must equal it (made absolute by New).
+	Binary string
+	// Args are the arguments of a first start.
+	Args []string
+	// RestartArgs, when not nil, replace Args once RestartMarker exists in
+	// the process's data directory: an etcd member that already joined its
+	// cluster restarts with --etcd-initial-cluster-state=existing instead of
+	// bootstrapping a new cluster again.
+	RestartArgs []string
+	// RestartMarker is a path relative to the data directory whose existence
+	// selects RestartArgs.
+	RestartMarker string
+	// Env is added to the runner's own environment.
+	Env []string
+	// HealthAddr, when set, is the gRPC address (host:port) whose
+	// grpc.health.v1 status must be SERVING before Up returns.
+	HealthAddr string
+}
+
+// Topology is a set of processes and the directory that holds their state:
+// data/<name>/, logs/<name>.log and pids/<name>.pid.
+type Topology struct {
+	// StateDir is where the state lives (made absolute by New).
+	StateDir string
+	// Processes are started in this order. Down stops them in reverse order
+	// of their binaries (all processes of one binary at once), so clients
+	// stop before the API servers they talk to.
+	Processes []Process
+}
+
+// DataDir is the data directory of the named process.
+func (t Topology) DataDir(name string) string { return filepath.Join(t.StateDir, "data", name) }
+
+// LogPath is the file the named process's stdout and stderr are appended to.
+func (t Topology) LogPath(name string) string {
+	return filepath.Join(t.StateDir, "logs", name+".log")
+}
+
+// PidPath is the file that holds the named process's pid while it runs.
+func (t Topology) PidPath(name string) string {
+	return filepath.Join(t.StateDir, "pids", name+".pid")
+}
+
+// APIAddresses are the gRPC addresses of the topology's API servers, in
+// order: what a client of this cluster dials.
+func (t Topology) APIAddresses() []string {
+	var addrs []string
+	for _, p := range t.Processes {
+		if filepath.Base(p.Binary) == APIServerBinary && p.HealthAddr != "" {
+			addrs = append(addrs, p.HealthAddr)
+		}
+	}
+	return addrs
+}
+
+// APIServerBinary is the file name of the API server in a bin directory.
+const APIServerBinary = "apiserver"
+
+// MasterPorts are the loopback ports one master's processes listen on.
+type MasterPorts struct {
+	// GRPC is the API server's gRPC port.
+	GRPC int
+	// EtcdClient and EtcdPeer are the embedded etcd member's ports.
+	EtcdClient int
+	EtcdPeer   int
+}
+
+// DefaultPorts are the ports of `make local-up`: gRPC 6441-6443 (the ports
+// docker compose publishes too) and etcd 12379/12380, 22379/22380,
+// 32379/32380, the conventional etcd ports of a three-member cluster on one
+// host.
+func DefaultPorts() []MasterPorts {
+	ports := make([]MasterPorts, 3)
+	for i := range ports {
+		ports[i] = MasterPorts{
+			GRPC:       6441 + i,
+			EtcdClient: (i+1)*10000 + 2379,
+			EtcdPeer:   (i+1)*10000 + 2380,
+		}
+	}
+	return ports
+}
+
+// FreePorts picks ports for the given number of masters that nothing
+// listens on right now, so a test's cluster never collides with the one a
+// user runs. All listeners are held until every port is chosen, so the
+// ports are distinct; another program may still take one before the
+// cluster binds it, which a test sees as a failed start.
+func FreePorts(masters int) ([]MasterPorts, error) {
+	listeners := make([]net.Listener, 0, 3*masters)
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	next := func() (int, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("localcluster: pick a free port: %w", err)
+		}
+		listeners = append(listeners, l)
+		return l.Addr().(*net.TCPAddr).Port, nil
+	}
+	ports := make([]MasterPorts, masters)
+	for i := range ports {
+		for _, port := range []*int{&ports[i].GRPC, &ports[i].EtcdClient, &ports[i].EtcdPeer} {
+			p, err := next()
+			if err != nil {
+				return nil, err
+			}
+			*port = p
+		}
+	}
+	return ports, nil
+}
+
+// Default is the topology of `make local-up`: three masters on the default
+// ports, binaries from binDir, state under stateDir.
+func Default(binDir, stateDir string) Topology {
+	return Stacked(binDir, stateDir, DefaultPorts())
+}
+
+// Stacked is the stacked topology on loopback: one master per entry of
+// ports, each an API server named apiserver-<i> that embeds the etcd member
+// master-<i>; the members form one cluster. An API server whose member has
+// already joined (its data directory holds etcd/member) restarts with
+// --etcd-initial-cluster-state=existing. binDir and stateDir are made
+// absolute: the paths in the arguments must not depend on the directory a
+// process runs in.
+func Stacked(binDir, stateDir string, ports []MasterPorts) Topology {
+	binDir, stateDir = absPath(binDir), absPath(stateDir)
+	topo := Topology{StateDir: stateDir}
+	var initialCluster []string
+	for i, p := range ports {
+		initialCluster = append(initialCluster, fmt.Sprintf("%s=http://127.0.0.1:%d", masterName(i), p.EtcdPeer))
+	}
+	for i, p := range ports {
+		name := fmt.Sprintf("apiserver-%d", i+1)
+		grpcAddr := fmt.Sprintf("127.0.0.1:%d", p.GRPC)
+		args := func(clusterState string) []string {
+			return []string{
+				"--name=" + name,
+				"--listen=" + grpcAddr,
+				"--advertise-address=" + grpcAddr,
+				"--etcd-name=" + masterName(i),
+				"--etcd-data-dir=" + filepath.Join(topo.DataDir(name), "etcd"),
+				fmt.Sprintf("--etcd-listen-peer=http://127.0.0.1:%d", p.EtcdPeer),
+				fmt.Sprintf("--etcd-listen-client=http://127.0.0.1:%d", p.EtcdClient),
+				fmt.Sprintf("--etcd-advertise-peer=http://127.0.0.1:%d", p.EtcdPeer),
+				fmt.Sprintf("--etcd-advertise-client=http://127.0.0.1:%d", p.EtcdClient),
+				"--etcd-initial-cluster=" + strings.Join(initialCluster, ","),
+				"--etcd-initial-cluster-state=" + clusterState,
+			}
+		}
+		topo.Processes = append(topo.Processes, Process{
+			Name:          name,
+			Binary:        filepath.Join(binDir, APIServerBinary),
+			Args:          args("new"),
+			RestartArgs:   args("existing"),
+			RestartMarker: filepath.Join("etcd", "member"),
+			HealthAddr:    grpcAddr,
+		})
+	}
+	// The other components join here, one line per binary and master once
+	// their binaries exist (controller-manager-<i>, scheduler-<i>, each
+	// with --api-endpoints=strings.Join(topo.APIAddresses(), ",")), then the
+	// workers (node-agent-<j>). Up starts processes in this order, and Down
+	// stops them in reverse, so they go before the API servers.
+	return topo
+}
+
+// absPath is path made absolute, or path itself in the unlikely case that
+// the working directory is unknown (New then fails on the same call).
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
+
+func masterName(i int) string { return fmt.Sprintf("master-%d", i+1) }
