@@ -44,7 +44,12 @@ const (
 	KeepaliveTime = 10 * time.Second
 	// KeepaliveTimeout is how long a ping may go unanswered before the
 	// connection is closed as dead.
-	KeepaliveTimeout = 5 * time.Second
+	KeepaliveTimeout = 3 * time.Second
+	// DefaultAttemptTimeout caps one attempt of a unary call: a frozen
+	// replica (SIGSTOP, docker pause) keeps its connection open until
+	// keepalive gives up on it, and each call sent there meanwhile costs one
+	// attempt. A healthy API call takes milliseconds.
+	DefaultAttemptTimeout = 3 * time.Second
 )
 
 // serviceConfig picks round robin over the replicas and lets it use only
@@ -63,8 +68,9 @@ type Config struct {
 	CallTimeout time.Duration
 	// AttemptTimeout bounds one attempt of a unary call, so that a replica
 	// that stopped answering without closing its connections (a frozen
-	// process) costs one attempt and the call moves on. Default
-	// CallTimeout/2; negative means no bound beyond the call's deadline.
+	// process) costs one attempt and the call moves on. Default: the
+	// smaller of CallTimeout/2 and DefaultAttemptTimeout; negative means no
+	// bound beyond the call's deadline.
 	AttemptTimeout time.Duration
 	// Logger receives retries and watch resumptions. Default: discard.
 	Logger *slog.Logger
@@ -115,7 +121,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.CallTimeout = DefaultCallTimeout
 	}
 	if cfg.AttemptTimeout == 0 {
-		cfg.AttemptTimeout = cfg.CallTimeout / 2
+		cfg.AttemptTimeout = min(cfg.CallTimeout/2, DefaultAttemptTimeout)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

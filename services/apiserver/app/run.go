@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -19,6 +20,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/version"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/api"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/clusterstatus"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdendpoints"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdmember"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 )
@@ -31,9 +33,6 @@ const (
 	// quorumCheckInterval and quorumCheckTimeout pace the health monitor.
 	quorumCheckInterval = time.Second
 	quorumCheckTimeout  = time.Second
-	// etcdAutoSyncInterval is how often the etcd client refreshes its
-	// endpoints from the member list.
-	etcdAutoSyncInterval = 10 * time.Second
 	// grpcStopTimeout bounds the graceful stop; calls still running after
 	// it are cut off.
 	grpcStopTimeout = 5 * time.Second
@@ -97,8 +96,8 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	client, err := clientv3.New(clientv3.Config{
-		Endpoints:        endpoints,
-		AutoSyncInterval: etcdAutoSyncInterval,
+		// etcdendpoints.Track keeps the list to the members that are ready.
+		Endpoints: endpoints,
 		// Notice a dead or frozen member within seconds and move on.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
@@ -149,7 +148,12 @@ func Run(ctx context.Context, opts Options) error {
 	monitorDone := make(chan struct{})
 	go func() {
 		defer close(monitorDone)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			etcdendpoints.Track(monitorCtx, client, etcdendpoints.Options{Logger: logger.With("subsystem", "etcd-endpoints")})
+		})
 		monitorQuorum(monitorCtx, client, srv, logger)
+		wg.Wait()
 	}()
 	registrationCtx, stopRegistration := context.WithCancel(context.WithoutCancel(ctx))
 	registrationDone := make(chan struct{})
@@ -199,7 +203,7 @@ func Run(ctx context.Context, opts Options) error {
 // success also refreshes the client's endpoints from the member list, so the
 // client reaches every member, not only the one it started with.
 func monitorQuorum(ctx context.Context, client *clientv3.Client, srv *grpcserver.Server, logger *slog.Logger) {
-	serving, synced, everServed := false, false, false
+	serving, everServed := false, false
 	ticker := time.NewTicker(quorumCheckInterval)
 	defer ticker.Stop()
 	for {
@@ -208,16 +212,6 @@ func monitorQuorum(ctx context.Context, client *clientv3.Client, srv *grpcserver
 		cancel()
 		if ctx.Err() != nil {
 			return
-		}
-		if err == nil && !synced {
-			syncCtx, cancel := context.WithTimeout(ctx, quorumCheckTimeout)
-			if syncErr := client.Sync(syncCtx); syncErr != nil {
-				logger.Warn("cannot refresh the etcd endpoints from the member list; retrying", "error", syncErr)
-			} else {
-				synced = true
-				logger.Info("etcd endpoints refreshed from the member list", "etcd-endpoints", client.Endpoints())
-			}
-			cancel()
 		}
 		if ok := err == nil; ok != serving {
 			serving = ok
