@@ -42,7 +42,18 @@
 //   - PodService/BindPod is retried. If a retry gets FAILED_PRECONDITION (the
 //     pod is bound), the pod is read: bound to the requested node (and, when
 //     a uid was given, the same uid) is success.
+//   - LeaseService/RenewLease is retried (renewing twice is harmless);
+//     ReleaseLease is retried and LEASE_NOT_HELD on a retry is success.
+//     AcquireLease is not retried: package leaderelection calls it again and
+//     recognises a holding its lost attempt made.
 //   - Any other method is not retried: its failure is returned as it is.
+//
+// # Fencing
+//
+// A context from WithFence makes every call carry a lease and epoch; the API
+// server applies such a write only while that lease is held at that epoch.
+// A call refused with LEASE_NOT_HELD calls the fence's onLost, so a deposed
+// leader stops at its first refused write.
 //
 // No call is retried on INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, ABORTED,
 // FAILED_PRECONDITION or any code but UNAVAILABLE: the rules above only

@@ -33,6 +33,7 @@ const (
 	retryUpdateStatus
 	retryDelete
 	retryBind
+	retryRelease
 )
 
 type methodRule struct {
@@ -61,6 +62,11 @@ func buildMethodRules() map[string]methodRule {
 		}
 	}
 	rules[capstanv1.PodService_BindPod_FullMethodName] = methodRule{kind: resource.MustLookup("Pod"), rule: retryBind}
+	// Renewing is idempotent; a release whose repeat finds the lease gone
+	// was applied. Acquire is not retried here: the elector calls it again
+	// and recognises a holding its lost attempt made.
+	rules[capstanv1.LeaseService_RenewLease_FullMethodName] = methodRule{rule: retryRead}
+	rules[capstanv1.LeaseService_ReleaseLease_FullMethodName] = methodRule{rule: retryRelease}
 	cluster := capstanv1.File_capstan_v1_cluster_proto.Services().ByName("ClusterService")
 	for i := 0; i < cluster.Methods().Len(); i++ {
 		m := cluster.Methods().Get(i)
@@ -90,6 +96,7 @@ func (c *Client) interceptUnary(ctx context.Context, method string, req, reply a
 		if err == nil {
 			return nil
 		}
+		noticeLostLease(ctx, err)
 		if mayHaveApplied {
 			if settled, result := c.settleRepeat(ctx, mr, req, reply, err); settled {
 				if result == nil {
@@ -160,6 +167,12 @@ func (c *Client) settleRepeat(ctx context.Context, mr methodRule, req, reply any
 		return true, c.settleWithStored(ctx, mr.kind, req, reply, err, statusUpdateApplied)
 	case retryDelete:
 		if code != codes.NotFound {
+			return false, nil
+		}
+		proto.Reset(reply.(proto.Message))
+		return true, nil
+	case retryRelease:
+		if !apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
 			return false, nil
 		}
 		proto.Reset(reply.(proto.Message))

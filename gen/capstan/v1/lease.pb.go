@@ -90,9 +90,10 @@ func (x *Lease) GetStatus() *LeaseStatus {
 // LeaseSpec is the claim.
 type LeaseSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Identity of the holder; empty when free.
+	// Identity of the holder.
 	HolderIdentity string `protobuf:"bytes,1,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
-	// Time to live after the last renewal, in seconds.
+	// Time to live after the last renewal, in seconds. etcd decides expiry:
+	// a holder that does not renew within it loses the lease.
 	LeaseDurationSeconds int32 `protobuf:"varint,2,opt,name=lease_duration_seconds,json=leaseDurationSeconds,proto3" json:"lease_duration_seconds,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -145,7 +146,9 @@ func (x *LeaseSpec) GetLeaseDurationSeconds() int32 {
 // LeaseStatus is what the server records about the current holder.
 type LeaseStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Fencing token of the current holding: strictly increasing, never reused.
+	// Fencing token of the current holding: the etcd create revision of the
+	// lease's key, so strictly increasing and never reused. Set by the server
+	// on every read.
 	Epoch int64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// When the current holder acquired the lease.
 	AcquireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=acquire_time,json=acquireTime,proto3" json:"acquire_time,omitempty"`
@@ -988,6 +991,365 @@ func (x *WatchLeasesResponse) GetResourceVersion() int64 {
 	return 0
 }
 
+// AcquireLeaseRequest is the input of AcquireLease.
+type AcquireLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the lease; empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the lease.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Identity of the candidate, unique among candidates.
+	HolderIdentity string `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
+	// Time to live in seconds; at least 2 (etcd's minimum with its default
+	// tick).
+	LeaseDurationSeconds int32 `protobuf:"varint,4,opt,name=lease_duration_seconds,json=leaseDurationSeconds,proto3" json:"lease_duration_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *AcquireLeaseRequest) Reset() {
+	*x = AcquireLeaseRequest{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireLeaseRequest) ProtoMessage() {}
+
+func (x *AcquireLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireLeaseRequest.ProtoReflect.Descriptor instead.
+func (*AcquireLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AcquireLeaseRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AcquireLeaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AcquireLeaseRequest) GetHolderIdentity() string {
+	if x != nil {
+		return x.HolderIdentity
+	}
+	return ""
+}
+
+func (x *AcquireLeaseRequest) GetLeaseDurationSeconds() int32 {
+	if x != nil {
+		return x.LeaseDurationSeconds
+	}
+	return 0
+}
+
+// AcquireLeaseResponse is the output of AcquireLease.
+type AcquireLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the caller holds the lease now.
+	Acquired bool `protobuf:"varint,1,opt,name=acquired,proto3" json:"acquired,omitempty"`
+	// The lease as stored: the caller's if acquired (status.epoch is its
+	// fencing token), else the current holder's.
+	Lease         *Lease `protobuf:"bytes,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireLeaseResponse) Reset() {
+	*x = AcquireLeaseResponse{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireLeaseResponse) ProtoMessage() {}
+
+func (x *AcquireLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireLeaseResponse.ProtoReflect.Descriptor instead.
+func (*AcquireLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AcquireLeaseResponse) GetAcquired() bool {
+	if x != nil {
+		return x.Acquired
+	}
+	return false
+}
+
+func (x *AcquireLeaseResponse) GetLease() *Lease {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+// RenewLeaseRequest is the input of RenewLease.
+type RenewLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the lease; empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the lease.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Identity of the holder.
+	HolderIdentity string `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
+	// Epoch the holder acquired the lease at.
+	Epoch         int64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseRequest) Reset() {
+	*x = RenewLeaseRequest{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseRequest) ProtoMessage() {}
+
+func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RenewLeaseRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetHolderIdentity() string {
+	if x != nil {
+		return x.HolderIdentity
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// RenewLeaseResponse is the output of RenewLease.
+type RenewLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The lease as stored after the renewal.
+	Lease         *Lease `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseResponse) Reset() {
+	*x = RenewLeaseResponse{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseResponse) ProtoMessage() {}
+
+func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RenewLeaseResponse) GetLease() *Lease {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+// ReleaseLeaseRequest is the input of ReleaseLease.
+type ReleaseLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the lease; empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the lease.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Identity of the holder.
+	HolderIdentity string `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
+	// Epoch the holder acquired the lease at.
+	Epoch         int64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLeaseRequest) Reset() {
+	*x = ReleaseLeaseRequest{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLeaseRequest) ProtoMessage() {}
+
+func (x *ReleaseLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLeaseRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ReleaseLeaseRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ReleaseLeaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReleaseLeaseRequest) GetHolderIdentity() string {
+	if x != nil {
+		return x.HolderIdentity
+	}
+	return ""
+}
+
+func (x *ReleaseLeaseRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// ReleaseLeaseResponse is the output of ReleaseLease.
+type ReleaseLeaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLeaseResponse) Reset() {
+	*x = ReleaseLeaseResponse{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLeaseResponse) ProtoMessage() {}
+
+func (x *ReleaseLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLeaseResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{22}
+}
+
 var File_capstan_v1_lease_proto protoreflect.FileDescriptor
 
 const file_capstan_v1_lease_proto_rawDesc = "" +
@@ -1049,7 +1411,28 @@ const file_capstan_v1_lease_proto_rawDesc = "" +
 	"\x13WatchLeasesResponse\x12.\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1a.capstan.v1.WatchEventTypeR\x04type\x12'\n" +
 	"\x05lease\x18\x02 \x01(\v2\x11.capstan.v1.LeaseR\x05lease\x12)\n" +
-	"\x10resource_version\x18\x03 \x01(\x03R\x0fresourceVersion2\xc6\x04\n" +
+	"\x10resource_version\x18\x03 \x01(\x03R\x0fresourceVersion\"\xa6\x01\n" +
+	"\x13AcquireLeaseRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
+	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x124\n" +
+	"\x16lease_duration_seconds\x18\x04 \x01(\x05R\x14leaseDurationSeconds\"[\n" +
+	"\x14AcquireLeaseResponse\x12\x1a\n" +
+	"\bacquired\x18\x01 \x01(\bR\bacquired\x12'\n" +
+	"\x05lease\x18\x02 \x01(\v2\x11.capstan.v1.LeaseR\x05lease\"\x84\x01\n" +
+	"\x11RenewLeaseRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
+	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\"=\n" +
+	"\x12RenewLeaseResponse\x12'\n" +
+	"\x05lease\x18\x01 \x01(\v2\x11.capstan.v1.LeaseR\x05lease\"\x86\x01\n" +
+	"\x13ReleaseLeaseRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
+	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\"\x16\n" +
+	"\x14ReleaseLeaseResponse2\xb9\x06\n" +
 	"\fLeaseService\x12N\n" +
 	"\vCreateLease\x12\x1e.capstan.v1.CreateLeaseRequest\x1a\x1f.capstan.v1.CreateLeaseResponse\x12E\n" +
 	"\bGetLease\x12\x1b.capstan.v1.GetLeaseRequest\x1a\x1c.capstan.v1.GetLeaseResponse\x12K\n" +
@@ -1058,7 +1441,11 @@ const file_capstan_v1_lease_proto_rawDesc = "" +
 	"\vUpdateLease\x12\x1e.capstan.v1.UpdateLeaseRequest\x1a\x1f.capstan.v1.UpdateLeaseResponse\x12`\n" +
 	"\x11UpdateLeaseStatus\x12$.capstan.v1.UpdateLeaseStatusRequest\x1a%.capstan.v1.UpdateLeaseStatusResponse\x12N\n" +
 	"\vDeleteLease\x12\x1e.capstan.v1.DeleteLeaseRequest\x1a\x1f.capstan.v1.DeleteLeaseResponse\x12P\n" +
-	"\vWatchLeases\x12\x1e.capstan.v1.WatchLeasesRequest\x1a\x1f.capstan.v1.WatchLeasesResponse0\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
+	"\vWatchLeases\x12\x1e.capstan.v1.WatchLeasesRequest\x1a\x1f.capstan.v1.WatchLeasesResponse0\x01\x12Q\n" +
+	"\fAcquireLease\x12\x1f.capstan.v1.AcquireLeaseRequest\x1a .capstan.v1.AcquireLeaseResponse\x12K\n" +
+	"\n" +
+	"RenewLease\x12\x1d.capstan.v1.RenewLeaseRequest\x1a\x1e.capstan.v1.RenewLeaseResponse\x12Q\n" +
+	"\fReleaseLease\x12\x1f.capstan.v1.ReleaseLeaseRequest\x1a .capstan.v1.ReleaseLeaseResponseB9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
 
 var (
 	file_capstan_v1_lease_proto_rawDescOnce sync.Once
@@ -1072,7 +1459,7 @@ func file_capstan_v1_lease_proto_rawDescGZIP() []byte {
 	return file_capstan_v1_lease_proto_rawDescData
 }
 
-var file_capstan_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_capstan_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_capstan_v1_lease_proto_goTypes = []any{
 	(*Lease)(nil),                     // 0: capstan.v1.Lease
 	(*LeaseSpec)(nil),                 // 1: capstan.v1.LeaseSpec
@@ -1091,17 +1478,23 @@ var file_capstan_v1_lease_proto_goTypes = []any{
 	(*DeleteLeaseResponse)(nil),       // 14: capstan.v1.DeleteLeaseResponse
 	(*WatchLeasesRequest)(nil),        // 15: capstan.v1.WatchLeasesRequest
 	(*WatchLeasesResponse)(nil),       // 16: capstan.v1.WatchLeasesResponse
-	(*ObjectMeta)(nil),                // 17: capstan.v1.ObjectMeta
-	(*timestamppb.Timestamp)(nil),     // 18: google.protobuf.Timestamp
-	(*Preconditions)(nil),             // 19: capstan.v1.Preconditions
-	(WatchEventType)(0),               // 20: capstan.v1.WatchEventType
+	(*AcquireLeaseRequest)(nil),       // 17: capstan.v1.AcquireLeaseRequest
+	(*AcquireLeaseResponse)(nil),      // 18: capstan.v1.AcquireLeaseResponse
+	(*RenewLeaseRequest)(nil),         // 19: capstan.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),        // 20: capstan.v1.RenewLeaseResponse
+	(*ReleaseLeaseRequest)(nil),       // 21: capstan.v1.ReleaseLeaseRequest
+	(*ReleaseLeaseResponse)(nil),      // 22: capstan.v1.ReleaseLeaseResponse
+	(*ObjectMeta)(nil),                // 23: capstan.v1.ObjectMeta
+	(*timestamppb.Timestamp)(nil),     // 24: google.protobuf.Timestamp
+	(*Preconditions)(nil),             // 25: capstan.v1.Preconditions
+	(WatchEventType)(0),               // 26: capstan.v1.WatchEventType
 }
 var file_capstan_v1_lease_proto_depIdxs = []int32{
-	17, // 0: capstan.v1.Lease.metadata:type_name -> capstan.v1.ObjectMeta
+	23, // 0: capstan.v1.Lease.metadata:type_name -> capstan.v1.ObjectMeta
 	1,  // 1: capstan.v1.Lease.spec:type_name -> capstan.v1.LeaseSpec
 	2,  // 2: capstan.v1.Lease.status:type_name -> capstan.v1.LeaseStatus
-	18, // 3: capstan.v1.LeaseStatus.acquire_time:type_name -> google.protobuf.Timestamp
-	18, // 4: capstan.v1.LeaseStatus.renew_time:type_name -> google.protobuf.Timestamp
+	24, // 3: capstan.v1.LeaseStatus.acquire_time:type_name -> google.protobuf.Timestamp
+	24, // 4: capstan.v1.LeaseStatus.renew_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: capstan.v1.CreateLeaseRequest.lease:type_name -> capstan.v1.Lease
 	0,  // 6: capstan.v1.CreateLeaseResponse.lease:type_name -> capstan.v1.Lease
 	0,  // 7: capstan.v1.GetLeaseResponse.lease:type_name -> capstan.v1.Lease
@@ -1110,29 +1503,37 @@ var file_capstan_v1_lease_proto_depIdxs = []int32{
 	0,  // 10: capstan.v1.UpdateLeaseResponse.lease:type_name -> capstan.v1.Lease
 	0,  // 11: capstan.v1.UpdateLeaseStatusRequest.lease:type_name -> capstan.v1.Lease
 	0,  // 12: capstan.v1.UpdateLeaseStatusResponse.lease:type_name -> capstan.v1.Lease
-	19, // 13: capstan.v1.DeleteLeaseRequest.preconditions:type_name -> capstan.v1.Preconditions
+	25, // 13: capstan.v1.DeleteLeaseRequest.preconditions:type_name -> capstan.v1.Preconditions
 	0,  // 14: capstan.v1.DeleteLeaseResponse.lease:type_name -> capstan.v1.Lease
-	20, // 15: capstan.v1.WatchLeasesResponse.type:type_name -> capstan.v1.WatchEventType
+	26, // 15: capstan.v1.WatchLeasesResponse.type:type_name -> capstan.v1.WatchEventType
 	0,  // 16: capstan.v1.WatchLeasesResponse.lease:type_name -> capstan.v1.Lease
-	3,  // 17: capstan.v1.LeaseService.CreateLease:input_type -> capstan.v1.CreateLeaseRequest
-	5,  // 18: capstan.v1.LeaseService.GetLease:input_type -> capstan.v1.GetLeaseRequest
-	7,  // 19: capstan.v1.LeaseService.ListLeases:input_type -> capstan.v1.ListLeasesRequest
-	9,  // 20: capstan.v1.LeaseService.UpdateLease:input_type -> capstan.v1.UpdateLeaseRequest
-	11, // 21: capstan.v1.LeaseService.UpdateLeaseStatus:input_type -> capstan.v1.UpdateLeaseStatusRequest
-	13, // 22: capstan.v1.LeaseService.DeleteLease:input_type -> capstan.v1.DeleteLeaseRequest
-	15, // 23: capstan.v1.LeaseService.WatchLeases:input_type -> capstan.v1.WatchLeasesRequest
-	4,  // 24: capstan.v1.LeaseService.CreateLease:output_type -> capstan.v1.CreateLeaseResponse
-	6,  // 25: capstan.v1.LeaseService.GetLease:output_type -> capstan.v1.GetLeaseResponse
-	8,  // 26: capstan.v1.LeaseService.ListLeases:output_type -> capstan.v1.ListLeasesResponse
-	10, // 27: capstan.v1.LeaseService.UpdateLease:output_type -> capstan.v1.UpdateLeaseResponse
-	12, // 28: capstan.v1.LeaseService.UpdateLeaseStatus:output_type -> capstan.v1.UpdateLeaseStatusResponse
-	14, // 29: capstan.v1.LeaseService.DeleteLease:output_type -> capstan.v1.DeleteLeaseResponse
-	16, // 30: capstan.v1.LeaseService.WatchLeases:output_type -> capstan.v1.WatchLeasesResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	0,  // 17: capstan.v1.AcquireLeaseResponse.lease:type_name -> capstan.v1.Lease
+	0,  // 18: capstan.v1.RenewLeaseResponse.lease:type_name -> capstan.v1.Lease
+	3,  // 19: capstan.v1.LeaseService.CreateLease:input_type -> capstan.v1.CreateLeaseRequest
+	5,  // 20: capstan.v1.LeaseService.GetLease:input_type -> capstan.v1.GetLeaseRequest
+	7,  // 21: capstan.v1.LeaseService.ListLeases:input_type -> capstan.v1.ListLeasesRequest
+	9,  // 22: capstan.v1.LeaseService.UpdateLease:input_type -> capstan.v1.UpdateLeaseRequest
+	11, // 23: capstan.v1.LeaseService.UpdateLeaseStatus:input_type -> capstan.v1.UpdateLeaseStatusRequest
+	13, // 24: capstan.v1.LeaseService.DeleteLease:input_type -> capstan.v1.DeleteLeaseRequest
+	15, // 25: capstan.v1.LeaseService.WatchLeases:input_type -> capstan.v1.WatchLeasesRequest
+	17, // 26: capstan.v1.LeaseService.AcquireLease:input_type -> capstan.v1.AcquireLeaseRequest
+	19, // 27: capstan.v1.LeaseService.RenewLease:input_type -> capstan.v1.RenewLeaseRequest
+	21, // 28: capstan.v1.LeaseService.ReleaseLease:input_type -> capstan.v1.ReleaseLeaseRequest
+	4,  // 29: capstan.v1.LeaseService.CreateLease:output_type -> capstan.v1.CreateLeaseResponse
+	6,  // 30: capstan.v1.LeaseService.GetLease:output_type -> capstan.v1.GetLeaseResponse
+	8,  // 31: capstan.v1.LeaseService.ListLeases:output_type -> capstan.v1.ListLeasesResponse
+	10, // 32: capstan.v1.LeaseService.UpdateLease:output_type -> capstan.v1.UpdateLeaseResponse
+	12, // 33: capstan.v1.LeaseService.UpdateLeaseStatus:output_type -> capstan.v1.UpdateLeaseStatusResponse
+	14, // 34: capstan.v1.LeaseService.DeleteLease:output_type -> capstan.v1.DeleteLeaseResponse
+	16, // 35: capstan.v1.LeaseService.WatchLeases:output_type -> capstan.v1.WatchLeasesResponse
+	18, // 36: capstan.v1.LeaseService.AcquireLease:output_type -> capstan.v1.AcquireLeaseResponse
+	20, // 37: capstan.v1.LeaseService.RenewLease:output_type -> capstan.v1.RenewLeaseResponse
+	22, // 38: capstan.v1.LeaseService.ReleaseLease:output_type -> capstan.v1.ReleaseLeaseResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_capstan_v1_lease_proto_init() }
@@ -1147,7 +1548,7 @@ func file_capstan_v1_lease_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_capstan_v1_lease_proto_rawDesc), len(file_capstan_v1_lease_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,9 @@ const (
 	LeaseService_UpdateLeaseStatus_FullMethodName = "/capstan.v1.LeaseService/UpdateLeaseStatus"
 	LeaseService_DeleteLease_FullMethodName       = "/capstan.v1.LeaseService/DeleteLease"
 	LeaseService_WatchLeases_FullMethodName       = "/capstan.v1.LeaseService/WatchLeases"
+	LeaseService_AcquireLease_FullMethodName      = "/capstan.v1.LeaseService/AcquireLease"
+	LeaseService_RenewLease_FullMethodName        = "/capstan.v1.LeaseService/RenewLease"
+	LeaseService_ReleaseLease_FullMethodName      = "/capstan.v1.LeaseService/ReleaseLease"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -49,6 +52,19 @@ type LeaseServiceClient interface {
 	DeleteLease(ctx context.Context, in *DeleteLeaseRequest, opts ...grpc.CallOption) (*DeleteLeaseResponse, error)
 	// WatchLeases streams changes from a resource_version.
 	WatchLeases(ctx context.Context, in *WatchLeasesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchLeasesResponse], error)
+	// AcquireLease takes the lease if nobody holds it: the lease gets a new
+	// epoch (the fencing token) and expires unless renewed within
+	// lease_duration_seconds. If someone holds it, acquired is false and the
+	// caller is recorded as a standby.
+	AcquireLease(ctx context.Context, in *AcquireLeaseRequest, opts ...grpc.CallOption) (*AcquireLeaseResponse, error)
+	// RenewLease extends the holder's lease by its duration.
+	// FAILED_PRECONDITION (reason LEASE_NOT_HELD) if the caller no longer
+	// holds it at that epoch: stop acting at once.
+	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
+	// ReleaseLease gives the lease up, so a standby takes it at once.
+	// FAILED_PRECONDITION (reason LEASE_NOT_HELD) if it was not held at that
+	// epoch.
+	ReleaseLease(ctx context.Context, in *ReleaseLeaseRequest, opts ...grpc.CallOption) (*ReleaseLeaseResponse, error)
 }
 
 type leaseServiceClient struct {
@@ -138,6 +154,36 @@ func (c *leaseServiceClient) WatchLeases(ctx context.Context, in *WatchLeasesReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LeaseService_WatchLeasesClient = grpc.ServerStreamingClient[WatchLeasesResponse]
 
+func (c *leaseServiceClient) AcquireLease(ctx context.Context, in *AcquireLeaseRequest, opts ...grpc.CallOption) (*AcquireLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcquireLeaseResponse)
+	err := c.cc.Invoke(ctx, LeaseService_AcquireLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewLeaseResponse)
+	err := c.cc.Invoke(ctx, LeaseService_RenewLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) ReleaseLease(ctx context.Context, in *ReleaseLeaseRequest, opts ...grpc.CallOption) (*ReleaseLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseLeaseResponse)
+	err := c.cc.Invoke(ctx, LeaseService_ReleaseLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -159,6 +205,19 @@ type LeaseServiceServer interface {
 	DeleteLease(context.Context, *DeleteLeaseRequest) (*DeleteLeaseResponse, error)
 	// WatchLeases streams changes from a resource_version.
 	WatchLeases(*WatchLeasesRequest, grpc.ServerStreamingServer[WatchLeasesResponse]) error
+	// AcquireLease takes the lease if nobody holds it: the lease gets a new
+	// epoch (the fencing token) and expires unless renewed within
+	// lease_duration_seconds. If someone holds it, acquired is false and the
+	// caller is recorded as a standby.
+	AcquireLease(context.Context, *AcquireLeaseRequest) (*AcquireLeaseResponse, error)
+	// RenewLease extends the holder's lease by its duration.
+	// FAILED_PRECONDITION (reason LEASE_NOT_HELD) if the caller no longer
+	// holds it at that epoch: stop acting at once.
+	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
+	// ReleaseLease gives the lease up, so a standby takes it at once.
+	// FAILED_PRECONDITION (reason LEASE_NOT_HELD) if it was not held at that
+	// epoch.
+	ReleaseLease(context.Context, *ReleaseLeaseRequest) (*ReleaseLeaseResponse, error)
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -189,6 +248,15 @@ func (UnimplementedLeaseServiceServer) DeleteLease(context.Context, *DeleteLease
 }
 func (UnimplementedLeaseServiceServer) WatchLeases(*WatchLeasesRequest, grpc.ServerStreamingServer[WatchLeasesResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchLeases not implemented")
+}
+func (UnimplementedLeaseServiceServer) AcquireLease(context.Context, *AcquireLeaseRequest) (*AcquireLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AcquireLease not implemented")
+}
+func (UnimplementedLeaseServiceServer) RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewLease not implemented")
+}
+func (UnimplementedLeaseServiceServer) ReleaseLease(context.Context, *ReleaseLeaseRequest) (*ReleaseLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseLease not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -330,6 +398,60 @@ func _LeaseService_WatchLeases_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LeaseService_WatchLeasesServer = grpc.ServerStreamingServer[WatchLeasesResponse]
 
+func _LeaseService_AcquireLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AcquireLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).AcquireLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_AcquireLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).AcquireLease(ctx, req.(*AcquireLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_RenewLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).RenewLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_RenewLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).RenewLease(ctx, req.(*RenewLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_ReleaseLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).ReleaseLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_ReleaseLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).ReleaseLease(ctx, req.(*ReleaseLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -360,6 +482,18 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteLease",
 			Handler:    _LeaseService_DeleteLease_Handler,
+		},
+		{
+			MethodName: "AcquireLease",
+			Handler:    _LeaseService_AcquireLease_Handler,
+		},
+		{
+			MethodName: "RenewLease",
+			Handler:    _LeaseService_RenewLease_Handler,
+		},
+		{
+			MethodName: "ReleaseLease",
+			Handler:    _LeaseService_ReleaseLease_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

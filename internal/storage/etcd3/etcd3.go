@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"log/slog"
 	"strings"
 	"time"
@@ -100,7 +101,20 @@ func decode(kv *mvccpb.KeyValue, newObj storage.NewFunc) (storage.Object, error)
 			kv.Key, obj.ProtoReflect().Descriptor().FullName(), err)
 	}
 	resource.Meta(obj).ResourceVersion = kv.ModRevision
+	stampEpoch(obj, kv.CreateRevision)
 	return obj, nil
+}
+
+// stampEpoch sets a Lease's epoch, which, like resource_version, is a
+// revision of its key and not stored in its value: the create revision, so
+// every holding (each one creates the key anew) gets a larger one.
+func stampEpoch(obj storage.Object, createRevision int64) {
+	if lease, ok := obj.(*capstanv1.Lease); ok {
+		if lease.Status == nil {
+			lease.Status = &capstanv1.LeaseStatus{}
+		}
+		lease.Status.Epoch = createRevision
+	}
 }
 
 // withLeader marks ctx so that an etcd member without a leader refuses the
@@ -498,6 +512,10 @@ var unavailable = []error{
 // storage call less time than its caller has, so an expired deadline here
 // means etcd did not answer in time, and the caller should try another
 // replica. A cancelled context is CANCELED.
+// StatusOf maps an error of the etcd client to the API's status errors, as
+// every Store method does: for code that talks to etcd directly.
+func StatusOf(err error) error { return statusOf(err) }
+
 func statusOf(err error) error {
 	if err == nil {
 		return nil

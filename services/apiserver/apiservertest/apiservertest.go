@@ -23,6 +23,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/storage/etcd3"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/api"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/clusterstatus"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/leases"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -128,7 +129,7 @@ func (c *Cluster) StartReplica(i int) {
 		c.t.Fatalf("apiservertest: listen %s: %v", addr, err)
 	}
 	srv := grpcserver.New(grpcserver.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err := api.Register(srv, c.reg); err != nil {
+	if err := api.Register(srv, c.reg, leases.New(c.client, nil)); err != nil {
 		c.t.Fatalf("apiservertest: %v", err)
 	}
 	status, err := clusterstatus.New(clusterstatus.Options{

@@ -22,6 +22,7 @@ import (
 	"github.com/capstan-dev/capstan/services/apiserver/internal/clusterstatus"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdendpoints"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdmember"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/leases"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 )
 
@@ -120,7 +121,7 @@ func Run(ctx context.Context, opts Options) error {
 		RequestTimeout:  opts.RequestTimeout,
 		MaxRequestBytes: opts.MaxRequestBytes,
 	})
-	if err := api.Register(srv, reg); err != nil {
+	if err := api.Register(srv, reg, leases.New(client, logger.With("subsystem", "leases"))); err != nil {
 		cleanup()
 		return fmt.Errorf("apiserver: register the API: %w", err)
 	}

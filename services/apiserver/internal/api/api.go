@@ -19,6 +19,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/leases"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -28,15 +29,25 @@ import (
 // unaryFunc serves one unary call on decoded messages.
 type unaryFunc func(ctx context.Context, req proto.Message) (proto.Message, error)
 
-// Register registers every kind's service on srv.
-func Register(srv grpc.ServiceRegistrar, reg *registry.Registry) error {
+// Register registers every kind's service on srv: the standard methods
+// served by reg, the lease methods by leaseService.
+func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *leases.Service) error {
 	special := map[protoreflect.FullName]unaryFunc{
-		"capstan.v1.PodService.BindPod": func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		"capstan.v1.PodService.BindPod": fenced(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 			pod, err := reg.BindPod(ctx, req.(*capstanv1.BindPodRequest))
 			if err != nil {
 				return nil, err
 			}
 			return &capstanv1.BindPodResponse{Pod: pod}, nil
+		}),
+		"capstan.v1.LeaseService.AcquireLease": func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return leaseService.Acquire(ctx, req.(*capstanv1.AcquireLeaseRequest))
+		},
+		"capstan.v1.LeaseService.RenewLease": func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return leaseService.Renew(ctx, req.(*capstanv1.RenewLeaseRequest))
+		},
+		"capstan.v1.LeaseService.ReleaseLease": func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			return leaseService.Release(ctx, req.(*capstanv1.ReleaseLeaseRequest))
 		},
 	}
 	for _, kind := range resource.All() {
@@ -70,9 +81,13 @@ func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protor
 				ServerStreams: true,
 			})
 		case standard:
+			fn := h.unary(verb, m)
+			if verb != resource.Get && verb != resource.List {
+				fn = fenced(fn)
+			}
 			desc.Methods = append(desc.Methods, grpc.MethodDesc{
 				MethodName: string(m.Name()),
-				Handler:    unaryHandler(fullMethod, m, h.unary(verb, m)),
+				Handler:    unaryHandler(fullMethod, m, fn),
 			})
 		case special[m.FullName()] != nil:
 			desc.Methods = append(desc.Methods, grpc.MethodDesc{
@@ -84,6 +99,17 @@ func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protor
 		}
 	}
 	return desc, nil
+}
+
+// fenced makes fn's writes honour the call's fencing metadata.
+func fenced(fn unaryFunc) unaryFunc {
+	return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		ctx, err := withFence(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return fn(ctx, req)
+	}
 }
 
 // unaryHandler adapts fn to grpc's method handler: decode into the generated

@@ -30,6 +30,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/leases"
 )
 
 // RegistrationPrefix is the etcd prefix of the replicas' registrations,
@@ -234,6 +235,7 @@ func (s *Service) readState(ctx context.Context) clusterState {
 		return s.client.Txn(ctx).Then(
 			clientv3.OpGet(RegistrationPrefix, withPrefix...),
 			clientv3.OpGet(s.leasePrefix, withPrefix...),
+			clientv3.OpGet(leases.CandidatePrefix+LeaseNamespace+"/", withPrefix...),
 		).Commit()
 	}
 	var state clusterState
@@ -266,10 +268,31 @@ func (s *Service) readState(ctx context.Context) clusterState {
 			Name:                 l.GetMetadata().GetName(),
 			Namespace:            l.GetMetadata().GetNamespace(),
 			HolderIdentity:       l.GetSpec().GetHolderIdentity(),
-			Epoch:                l.GetStatus().GetEpoch(),
+			Epoch:                kv.CreateRevision, // the epoch is the key's create revision
 			RenewTime:            l.GetStatus().GetRenewTime(),
 			LeaseDurationSeconds: l.GetSpec().GetLeaseDurationSeconds(),
 		})
+	}
+	// Standbys: /capstan-internal/lease-candidates/<ns>/<name>/<identity>.
+	byName := map[string]*capstanv1.ComponentLease{}
+	for _, l := range state.leases {
+		byName[l.GetName()] = l
+	}
+	for _, kv := range resp.Responses[2].GetResponseRange().GetKvs() {
+		rest := strings.TrimPrefix(string(kv.Key), leases.CandidatePrefix+LeaseNamespace+"/")
+		name, identity, ok := strings.Cut(rest, "/")
+		if !ok {
+			continue
+		}
+		l := byName[name]
+		if l == nil {
+			l = &capstanv1.ComponentLease{Name: name, Namespace: LeaseNamespace}
+			byName[name] = l
+			state.leases = append(state.leases, l)
+		}
+		if identity != l.GetHolderIdentity() {
+			l.Standbys = append(l.Standbys, identity)
+		}
 	}
 	return state
 }

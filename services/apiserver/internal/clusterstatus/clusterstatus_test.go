@@ -107,9 +107,11 @@ func TestClusterStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Put(t.Context(), leaseKind.Key(LeaseNamespace, "scheduler"), string(value)); err != nil {
+	put, err := client.Put(t.Context(), leaseKind.Key(LeaseNamespace, "scheduler"), string(value))
+	if err != nil {
 		t.Fatal(err)
 	}
+	epoch := put.Header.Revision // the epoch is the key's create revision, not the stored field
 	// A lease in another namespace is not a component's.
 	if _, err := client.Put(t.Context(), leaseKind.Key("default", "other"), string(value)); err != nil {
 		t.Fatal(err)
@@ -151,7 +153,7 @@ func TestClusterStatus(t *testing.T) {
 	}
 	want := &capstanv1.ComponentLease{
 		Name: "scheduler", Namespace: LeaseNamespace, HolderIdentity: "scheduler-2",
-		Epoch: 42, RenewTime: lease.Status.RenewTime, LeaseDurationSeconds: 3,
+		Epoch: epoch, RenewTime: lease.Status.RenewTime, LeaseDurationSeconds: 3,
 	}
 	if len(resp.GetLeases()) != 1 || !proto.Equal(resp.GetLeases()[0], want) {
 		t.Errorf("leases = %v, want [%v]", resp.GetLeases(), want)

@@ -66,6 +66,36 @@ type ListRequest struct {
 	ResourceVersion int64
 }
 
+type fenceKey struct{}
+
+// WithFence returns a context whose writes through the registry apply only
+// while the lease namespace/name is held at epoch (checked in the write's own
+// etcd transaction).
+func WithFence(ctx context.Context, namespace, name string, epoch int64) context.Context {
+	lease := resource.MustLookup("Lease")
+	return context.WithValue(ctx, fenceKey{}, &storage.Fence{
+		LeaseKey:  lease.Key(namespace, name),
+		Epoch:     epoch,
+		Namespace: lease.Namespace(namespace),
+		Name:      name,
+	})
+}
+
+func (r *Registry) writeOptions(ctx context.Context) storage.WriteOptions {
+	fence, _ := ctx.Value(fenceKey{}).(*storage.Fence)
+	return storage.WriteOptions{Fence: fence}
+}
+
+// refuseLeaseWrite refuses generic writes of Leases: a Lease is taken,
+// renewed and released through LeaseService's own methods, which attach it
+// to an etcd lease and give it its epoch.
+func refuseLeaseWrite(kind *resource.Kind) error {
+	if kind.Name == "Lease" {
+		return apierrors.PreconditionFailed("a Lease is written only by AcquireLease, RenewLease and ReleaseLease (DeleteLease ends a holding)")
+	}
+	return nil
+}
+
 // FieldRoot is the name of the request field that carries an object of kind
 // ("pod", "replica_set"): the root of the field paths in validation errors.
 func FieldRoot(kind *resource.Kind) string {
@@ -80,6 +110,9 @@ func (r *Registry) newFunc(kind *resource.Kind) storage.NewFunc { return kind.Ne
 // Create stores a new object. The server sets uid, generation 1, create time
 // and a fresh status; the client's values for them are ignored.
 func (r *Registry) Create(ctx context.Context, kind *resource.Kind, in resource.Object) (resource.Object, error) {
+	if err := refuseLeaseWrite(kind); err != nil {
+		return nil, err
+	}
 	if in == nil {
 		return nil, apierrors.Invalid(FieldRoot(kind), "required")
 	}
@@ -101,7 +134,7 @@ func (r *Registry) Create(ctx context.Context, kind *resource.Kind, in resource.
 		clearField(obj, "status")
 	}
 	prepareForCreate(obj)
-	return r.store.Create(ctx, kind.Key(meta.Namespace, meta.Name), obj, storage.WriteOptions{})
+	return r.store.Create(ctx, kind.Key(meta.Namespace, meta.Name), obj, r.writeOptions(ctx))
 }
 
 // prepareForCreate sets the status a new object of some kinds starts with.
@@ -175,6 +208,9 @@ func (r *Registry) predicate(kind *resource.Kind, req ListRequest) (storage.Pred
 // stored one (ABORTED otherwise); without it the update applies to whatever
 // is current. Generation grows when anything but metadata and status changes.
 func (r *Registry) Update(ctx context.Context, kind *resource.Kind, in resource.Object) (resource.Object, error) {
+	if err := refuseLeaseWrite(kind); err != nil {
+		return nil, err
+	}
 	if in == nil {
 		return nil, apierrors.Invalid(FieldRoot(kind), "required")
 	}
@@ -207,7 +243,7 @@ func (r *Registry) Update(ctx context.Context, kind *resource.Kind, in resource.
 				nm.Generation++
 			}
 			return next, nil
-		}, storage.WriteOptions{})
+		}, r.writeOptions(ctx))
 }
 
 // checkImmutable rejects updates that change what only a dedicated call may.
@@ -224,6 +260,9 @@ func checkImmutable(kind *resource.Kind, current, next resource.Object) error {
 
 // UpdateStatus replaces an object's status and nothing else.
 func (r *Registry) UpdateStatus(ctx context.Context, kind *resource.Kind, in resource.Object) (resource.Object, error) {
+	if err := refuseLeaseWrite(kind); err != nil {
+		return nil, err
+	}
 	root := FieldRoot(kind)
 	if !kind.HasStatus {
 		return nil, apierrors.Invalid(root, kind.Name+" has no status")
@@ -241,7 +280,7 @@ func (r *Registry) UpdateStatus(ctx context.Context, kind *resource.Kind, in res
 		func(current resource.Object) (resource.Object, error) {
 			copyField(in, current, "status")
 			return current, nil
-		}, storage.WriteOptions{})
+		}, r.writeOptions(ctx))
 }
 
 // Delete removes an object and returns its last state.
@@ -250,7 +289,7 @@ func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, n
 		return nil, err
 	}
 	return r.store.Delete(ctx, kind.Key(namespace, name), r.newFunc(kind),
-		storage.Preconditions{ResourceVersion: pre.GetResourceVersion(), UID: pre.GetUid()}, storage.WriteOptions{})
+		storage.Preconditions{ResourceVersion: pre.GetResourceVersion(), UID: pre.GetUid()}, r.writeOptions(ctx))
 }
 
 // BindPod sets spec.node_name of an unbound pod (compare-and-swap: a pod is
@@ -287,7 +326,7 @@ func (r *Registry) BindPod(ctx context.Context, req *capstanv1.BindPodRequest) (
 				LastTransitionTime: timestamppb.New(r.opts.Now()),
 			})
 			return pod, nil
-		}, storage.WriteOptions{})
+		}, r.writeOptions(ctx))
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,322 @@
+// Package leases serves LeaseService's own methods — AcquireLease,
+// RenewLease, ReleaseLease — directly on etcd, because a Lease is more than
+// a stored object: its key is attached to an etcd lease, so expiry is etcd's
+// decision and no wall clock is trusted, and its key's create revision is the
+// holding's epoch, the fencing token that every fenced write is checked
+// against in its own transaction (see registry and storage.Fence).
+//
+// Keys:
+//
+//	/capstan/leases/<ns>/<name>                        the Lease (attached to an etcd lease)
+//	/capstan-internal/lease-history/<ns>/<name>        transitions and last holder (no TTL)
+//	/capstan-internal/lease-candidates/<ns>/<name>/<id> standbys (TTL: two lease durations)
+//
+// A Service is safe for concurrent use; it keeps no state of its own.
+package leases
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage/etcd3"
+	"github.com/capstan-dev/capstan/internal/validation"
+	"github.com/google/uuid"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// MinDurationSeconds is the shortest lease: etcd's minimum TTL with its
+// default tick is about 2 s.
+const MinDurationSeconds = 2
+
+// MaxDurationSeconds bounds a lease's duration (an hour).
+const MaxDurationSeconds = 3600
+
+// Key prefixes of the bookkeeping next to each Lease.
+const (
+	HistoryPrefix   = "/capstan-internal/lease-history/"
+	CandidatePrefix = "/capstan-internal/lease-candidates/"
+)
+
+// CandidateKeyPrefix is the prefix of the standbys of one lease.
+func CandidateKeyPrefix(namespace, name string) string {
+	return CandidatePrefix + namespace + "/" + name + "/"
+}
+
+var leaseKind = resource.MustLookup("Lease")
+
+// Service implements the lease methods of LeaseService.
+type Service struct {
+	client *clientv3.Client
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// New returns a Service over client.
+func New(client *clientv3.Client, logger *slog.Logger) *Service {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{client: client, log: logger, now: time.Now}
+}
+
+type ref struct{ namespace, name, holder string }
+
+func (s *Service) checkRef(namespace, name, holder string) (ref, error) {
+	r := ref{namespace: leaseKind.Namespace(namespace), name: name, holder: holder}
+	if err := validation.Namespace(resource.FieldNamespace, namespace); err != nil {
+		return r, err
+	}
+	if err := validation.Name(leaseKind, resource.FieldName, name); err != nil {
+		return r, err
+	}
+	if holder == "" || len(holder) > 253 {
+		return r, apierrors.Invalid("holder_identity", "required, at most 253 characters")
+	}
+	return r, nil
+}
+
+func (r ref) key() string        { return leaseKind.Key(r.namespace, r.name) }
+func (r ref) historyKey() string { return HistoryPrefix + r.namespace + "/" + r.name }
+func (r ref) candidateKey() string {
+	return CandidateKeyPrefix(r.namespace, r.name) + r.holder
+}
+
+// Acquire takes the lease if its key is absent.
+func (s *Service) Acquire(ctx context.Context, req *capstanv1.AcquireLeaseRequest) (*capstanv1.AcquireLeaseResponse, error) {
+	r, err := s.checkRef(req.GetNamespace(), req.GetName(), req.GetHolderIdentity())
+	if err != nil {
+		return nil, err
+	}
+	ttl := req.GetLeaseDurationSeconds()
+	if ttl < MinDurationSeconds || ttl > MaxDurationSeconds {
+		return nil, apierrors.Invalid("lease_duration_seconds", fmt.Sprintf("must be between %d and %d", MinDurationSeconds, MaxDurationSeconds))
+	}
+	ctx = clientv3.WithRequireLeader(ctx)
+
+	// Fast path: held by someone: no etcd lease is granted for nothing.
+	if held, err := s.current(ctx, r); err != nil {
+		return nil, err
+	} else if held != nil {
+		return s.notAcquired(ctx, r, held, ttl)
+	}
+
+	history, historyRev, err := s.history(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	grant, err := s.client.Grant(ctx, int64(ttl))
+	if err != nil {
+		return nil, storageError(err)
+	}
+	now := timestamppb.New(s.now())
+	transitions := history.GetStatus().GetLeaseTransitions()
+	if prev := history.GetSpec().GetHolderIdentity(); prev != "" && prev != r.holder {
+		transitions++
+	}
+	lease := &capstanv1.Lease{
+		Metadata: &capstanv1.ObjectMeta{Name: r.name, Namespace: r.namespace, Uid: uuid.NewString(), CreateTime: now, Generation: 1},
+		Spec:     &capstanv1.LeaseSpec{HolderIdentity: r.holder, LeaseDurationSeconds: ttl},
+		Status:   &capstanv1.LeaseStatus{AcquireTime: now, RenewTime: now, LeaseTransitions: transitions},
+	}
+	data, err := proto.Marshal(lease)
+	if err != nil {
+		return nil, apierrors.Internal("encode lease: %v", err)
+	}
+	historyData, err := proto.Marshal(&capstanv1.Lease{
+		Spec:   &capstanv1.LeaseSpec{HolderIdentity: r.holder},
+		Status: &capstanv1.LeaseStatus{LeaseTransitions: transitions},
+	})
+	if err != nil {
+		return nil, apierrors.Internal("encode lease history: %v", err)
+	}
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.key()), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(r.historyKey()), "=", historyRev)).
+		Then(clientv3.OpPut(r.key(), string(data), clientv3.WithLease(grant.ID)),
+			clientv3.OpPut(r.historyKey(), string(historyData)),
+			clientv3.OpDelete(r.candidateKey())).
+		Else(clientv3.OpGet(r.key())).
+		Commit()
+	if err != nil {
+		s.revoke(grant.ID)
+		return nil, storageError(err)
+	}
+	if !resp.Succeeded {
+		s.revoke(grant.ID)
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			held, err := decodeLease(kvs[0])
+			if err != nil {
+				return nil, err
+			}
+			return s.notAcquired(ctx, r, held, ttl)
+		}
+		// Only the history moved: another acquisition came and went. Ask
+		// the caller to try again rather than loop here.
+		return nil, apierrors.Conflict("Lease", r.namespace, r.name, "the lease changed hands during the acquisition")
+	}
+	lease.Metadata.ResourceVersion = resp.Header.Revision
+	lease.Status.Epoch = resp.Header.Revision
+	s.log.Info("lease acquired", "lease", r.namespace+"/"+r.name, "holder", r.holder, "epoch", lease.Status.Epoch, "ttl-seconds", ttl)
+	return &capstanv1.AcquireLeaseResponse{Acquired: true, Lease: lease}, nil
+}
+
+// notAcquired records the caller as a standby and answers with the holder.
+func (s *Service) notAcquired(ctx context.Context, r ref, held *capstanv1.Lease, ttl int32) (*capstanv1.AcquireLeaseResponse, error) {
+	if held.GetSpec().GetHolderIdentity() != r.holder {
+		if grant, err := s.client.Grant(ctx, int64(2*ttl)); err == nil {
+			if _, err := s.client.Put(ctx, r.candidateKey(), r.holder, clientv3.WithLease(grant.ID)); err != nil {
+				s.log.Debug("cannot record a standby", "lease", r.namespace+"/"+r.name, "holder", r.holder, "error", err)
+			}
+		}
+	}
+	return &capstanv1.AcquireLeaseResponse{Acquired: false, Lease: held}, nil
+}
+
+// Renew extends the holding's etcd lease and records the renewal.
+func (s *Service) Renew(ctx context.Context, req *capstanv1.RenewLeaseRequest) (*capstanv1.RenewLeaseResponse, error) {
+	r, err := s.checkRef(req.GetNamespace(), req.GetName(), req.GetHolderIdentity())
+	if err != nil {
+		return nil, err
+	}
+	ctx = clientv3.WithRequireLeader(ctx)
+	kv, held, err := s.held(ctx, r, req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
+		if isLeaseGone(err) {
+			return nil, apierrors.LeaseNotHeld(r.namespace, r.name, req.GetEpoch())
+		}
+		return nil, storageError(err)
+	}
+	held.Status.RenewTime = timestamppb.New(s.now())
+	data, err := proto.Marshal(held)
+	if err != nil {
+		return nil, apierrors.Internal("encode lease: %v", err)
+	}
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.key()), "=", req.GetEpoch())).
+		Then(clientv3.OpPut(r.key(), string(data), clientv3.WithIgnoreLease())).
+		Commit()
+	if err != nil {
+		return nil, storageError(err)
+	}
+	if !resp.Succeeded {
+		return nil, apierrors.LeaseNotHeld(r.namespace, r.name, req.GetEpoch())
+	}
+	held.Metadata.ResourceVersion = resp.Header.Revision
+	return &capstanv1.RenewLeaseResponse{Lease: held}, nil
+}
+
+// Release deletes the holding's key and revokes its etcd lease.
+func (s *Service) Release(ctx context.Context, req *capstanv1.ReleaseLeaseRequest) (*capstanv1.ReleaseLeaseResponse, error) {
+	r, err := s.checkRef(req.GetNamespace(), req.GetName(), req.GetHolderIdentity())
+	if err != nil {
+		return nil, err
+	}
+	ctx = clientv3.WithRequireLeader(ctx)
+	kv, _, err := s.held(ctx, r, req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.key()), "=", req.GetEpoch())).
+		Then(clientv3.OpDelete(r.key())).
+		Commit()
+	if err != nil {
+		return nil, storageError(err)
+	}
+	if !resp.Succeeded {
+		return nil, apierrors.LeaseNotHeld(r.namespace, r.name, req.GetEpoch())
+	}
+	s.revoke(clientv3.LeaseID(kv.Lease))
+	s.log.Info("lease released", "lease", r.namespace+"/"+r.name, "holder", r.holder, "epoch", req.GetEpoch())
+	return &capstanv1.ReleaseLeaseResponse{}, nil
+}
+
+// held reads the lease and checks that holder holds it at epoch.
+func (s *Service) held(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValue, *capstanv1.Lease, error) {
+	resp, err := s.client.Get(ctx, r.key())
+	if err != nil {
+		return nil, nil, storageError(err)
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != epoch {
+		return nil, nil, apierrors.LeaseNotHeld(r.namespace, r.name, epoch)
+	}
+	lease, err := decodeLease(resp.Kvs[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	if lease.GetSpec().GetHolderIdentity() != r.holder {
+		return nil, nil, apierrors.LeaseNotHeld(r.namespace, r.name, epoch)
+	}
+	return resp.Kvs[0], lease, nil
+}
+
+// current returns the holding, or nil if the lease is free.
+func (s *Service) current(ctx context.Context, r ref) (*capstanv1.Lease, error) {
+	resp, err := s.client.Get(ctx, r.key())
+	if err != nil {
+		return nil, storageError(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return decodeLease(resp.Kvs[0])
+}
+
+// history returns the last holder and transitions, and the key's revision.
+func (s *Service) history(ctx context.Context, r ref) (*capstanv1.Lease, int64, error) {
+	resp, err := s.client.Get(ctx, r.historyKey())
+	if err != nil {
+		return nil, 0, storageError(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return &capstanv1.Lease{}, 0, nil
+	}
+	var h capstanv1.Lease
+	if err := proto.Unmarshal(resp.Kvs[0].Value, &h); err != nil {
+		return nil, 0, apierrors.Internal("lease history %s: %v", r.historyKey(), err)
+	}
+	return &h, resp.Kvs[0].ModRevision, nil
+}
+
+func (s *Service) revoke(id clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := s.client.Revoke(ctx, id); err != nil && !isLeaseGone(err) {
+		s.log.Warn("cannot revoke an etcd lease; it expires by its TTL", "etcd-lease", fmt.Sprintf("%x", int64(id)), "error", err)
+	}
+}
+
+func decodeLease(kv *mvccpb.KeyValue) (*capstanv1.Lease, error) {
+	var lease capstanv1.Lease
+	if err := proto.Unmarshal(kv.Value, &lease); err != nil {
+		return nil, apierrors.Internal("stored lease %s: %v", kv.Key, err)
+	}
+	resource.Meta(&lease).ResourceVersion = kv.ModRevision
+	if lease.Status == nil {
+		lease.Status = &capstanv1.LeaseStatus{}
+	}
+	lease.Status.Epoch = kv.CreateRevision
+	return &lease, nil
+}
+
+// isLeaseGone reports whether etcd says the etcd lease does not exist
+// (expired or revoked).
+func isLeaseGone(err error) bool {
+	return errors.Is(err, rpctypes.ErrLeaseNotFound) || rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(rpctypes.ErrGRPCLeaseNotFound)
+}
+
+// storageError maps an etcd error like the storage layer does.
+func storageError(err error) error { return etcd3.StatusOf(err) }
