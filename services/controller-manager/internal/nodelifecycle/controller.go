@@ -1,0 +1,332 @@
+// Package nodelifecycle is the NodeLifecycle controller: it notices node
+// agents that stopped renewing their node lease, marks their Nodes
+// Ready=Unknown with the NoExecute taint node.capstan.dev/unreachable, and
+// after an eviction timeout deletes their pods so the pods' owners replace
+// them on healthy nodes.
+//
+// # When a node is dead
+//
+// Each node agent holds the Lease capstan-node-lease/<node name> with a short
+// TTL. etcd, not any clock, decides when a lease that is not renewed expires,
+// and an expired lease is deleted: so a missing lease means the agent has
+// been silent for at least its TTL. A node is dead when
+//
+//   - its lease is missing, and
+//   - the controller has been running (leading) for at least StartupGrace,
+//     and
+//   - either this controller saw the lease and then saw it go, or it has
+//     known the node for StartupGrace without ever seeing a lease.
+//
+// The startup grace exists because the informers of a new leader are fresh
+// and the failover that made it leader may itself have cut agents off for a
+// moment: each node gets StartupGrace to renew before anything is judged.
+//
+// A dead node gets Ready=Unknown (reason NodeStatusUnknown) and the taint.
+// When its lease is back the taint is removed; Ready is left to the agent,
+// which reports it itself.
+//
+// # Eviction
+//
+// A pod on a tainted dead node is deleted once the taint is older than
+// PodEvictionTimeout, or, if the pod tolerates the taint with
+// toleration_seconds, older than that many seconds; a pod tolerating it
+// without toleration_seconds stays. If more than half of the nodes are dead
+// at once (with one node: that node), nothing is evicted: that is a network
+// or control-plane problem, and evicting would only move every pod onto the
+// few nodes that happen to look alive. It is logged, and an event recorded on
+// each dead node, once per episode.
+//
+// # Concurrency
+//
+// Informer handlers enqueue node names; a ticker on the injected clock
+// enqueues every node each MonitorPeriod, so time-driven steps (end of the
+// grace, eviction deadlines) happen without any event. Workers take names
+// from a rate-limited work queue, which hands a name to one worker at a time.
+// What the controller remembers about nodes (when it first saw each node,
+// whether it saw its lease) lives in a per-Run state guarded by a mutex, and
+// starts afresh with every Run (every leadership). Every Node write is
+// conditional on the resource_version it was decided on, every pod deletion
+// on the pod's uid (a replacement of the same name stays), and all are made
+// with Run's (fenced) context.
+package nodelifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/events"
+	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/wellknown"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+)
+
+// Defaults of Options.
+const (
+	DefaultPodEvictionTimeout = 10 * time.Second
+	DefaultStartupGrace       = 20 * time.Second
+	DefaultMonitorPeriod      = time.Second
+)
+
+// Retry back-off of a node whose sync failed.
+const (
+	retryBaseDelay = 5 * time.Millisecond
+	retryMaxDelay  = 30 * time.Second
+)
+
+// Options are what the NodeLifecycle controller needs besides the client
+// and the event recorder.
+type Options struct {
+	// Nodes is the shared Node informer.
+	Nodes *informer.Typed[*capstanv1.Node]
+	// Leases is the shared Lease informer; it must cache the namespace
+	// capstan-node-lease (that namespace or resource.AllNamespaces). Leases
+	// in other namespaces are ignored.
+	Leases *informer.Typed[*capstanv1.Lease]
+	// PodEvictionTimeout is how long a dead node's pods that do not
+	// tolerate the unreachable taint stay after it was added. Default 10 s.
+	PodEvictionTimeout time.Duration
+	// StartupGrace is how long after Run starts nothing is marked or
+	// evicted, and how long a node known without a lease may stay so.
+	// Default 20 s.
+	StartupGrace time.Duration
+	// MonitorPeriod is how often every node is re-examined. Default 1 s.
+	MonitorPeriod time.Duration
+	// Logger; default discard.
+	Logger *slog.Logger
+	// Clock measures every wait above and stamps conditions and taints;
+	// default real.
+	Clock clock.WithTicker
+}
+
+// Controller is the NodeLifecycle controller. See the package doc.
+type Controller struct {
+	client   *client.Client
+	recorder *events.Recorder
+	nodes    *informer.Typed[*capstanv1.Node]
+	leases   *informer.Typed[*capstanv1.Lease]
+	opts     Options
+	log      *slog.Logger
+	clock    clock.WithTicker
+
+	// mu guards current: the Run in progress, nil between Runs, so the
+	// handlers registered once in New feed whichever Run is going.
+	mu      sync.RWMutex
+	current *run
+
+	// syncing, if set (by tests, before Run), is called as a sync of node
+	// starts; the function it returns is called with the sync's result.
+	syncing func(node string) (done func(error))
+}
+
+// run is one Run: its queue and what it learnt about the nodes.
+type run struct {
+	queue workqueue.TypedRateLimitingInterface[string]
+	state *state
+}
+
+// New returns a NodeLifecycle controller and registers its handlers on the
+// informers. recorder may be nil (no events). Call New once per set of
+// informers; Run may be called again after it returned.
+func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller, error) {
+	switch {
+	case c == nil:
+		return nil, errors.New("nodelifecycle: client is nil")
+	case opts.Nodes == nil:
+		return nil, errors.New("nodelifecycle: Options.Nodes is nil")
+	case opts.Leases == nil:
+		return nil, errors.New("nodelifecycle: Options.Leases is nil")
+	case opts.PodEvictionTimeout < 0:
+		return nil, fmt.Errorf("nodelifecycle: Options.PodEvictionTimeout is %v: it must not be negative", opts.PodEvictionTimeout)
+	case opts.StartupGrace < 0:
+		return nil, fmt.Errorf("nodelifecycle: Options.StartupGrace is %v: it must not be negative", opts.StartupGrace)
+	case opts.MonitorPeriod < 0:
+		return nil, fmt.Errorf("nodelifecycle: Options.MonitorPeriod is %v: it must not be negative", opts.MonitorPeriod)
+	}
+	if opts.PodEvictionTimeout == 0 {
+		opts.PodEvictionTimeout = DefaultPodEvictionTimeout
+	}
+	if opts.StartupGrace == 0 {
+		opts.StartupGrace = DefaultStartupGrace
+	}
+	if opts.MonitorPeriod == 0 {
+		opts.MonitorPeriod = DefaultMonitorPeriod
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	ctrl := &Controller{
+		client:   c,
+		recorder: recorder,
+		nodes:    opts.Nodes,
+		leases:   opts.Leases,
+		opts:     opts,
+		log:      opts.Logger.With("controller", "node-lifecycle"),
+		clock:    opts.Clock,
+	}
+	ctrl.nodes.AddEventHandler(informer.TypedHandler[*capstanv1.Node]{
+		OnAdd:    func(n *capstanv1.Node) { ctrl.enqueue(n.GetMetadata().GetName()) },
+		OnUpdate: func(_, n *capstanv1.Node) { ctrl.enqueue(n.GetMetadata().GetName()) },
+		OnDelete: func(n *capstanv1.Node) { ctrl.enqueue(n.GetMetadata().GetName()) },
+	})
+	ctrl.leases.AddEventHandler(informer.TypedHandler[*capstanv1.Lease]{
+		OnAdd:    ctrl.leaseChanged,
+		OnUpdate: func(_, l *capstanv1.Lease) { ctrl.leaseChanged(l) },
+		OnDelete: func(l *capstanv1.Lease) {
+			if isNodeLease(l) {
+				ctrl.enqueue(l.GetMetadata().GetName())
+			}
+		},
+	})
+	return ctrl, nil
+}
+
+func isNodeLease(l *capstanv1.Lease) bool {
+	return l.GetMetadata().GetNamespace() == wellknown.NodeLeaseNamespace
+}
+
+func (c *Controller) leaseChanged(l *capstanv1.Lease) {
+	if !isNodeLease(l) {
+		return
+	}
+	r := c.currentRun()
+	if r == nil {
+		return
+	}
+	r.state.sawLease(l.GetMetadata().GetName(), c.clock.Now())
+	r.queue.Add(l.GetMetadata().GetName())
+}
+
+func (c *Controller) currentRun() *run {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.current
+}
+
+func (c *Controller) enqueue(node string) {
+	if r := c.currentRun(); r != nil {
+		r.queue.Add(node)
+	}
+}
+
+// Run watches over the nodes with workers goroutines until ctx ends, then
+// waits for them and returns nil. Every API call is made with ctx. The
+// startup grace counts from when the caches have synced. It returns ctx's
+// error if ctx ends before they have.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	if workers < 1 {
+		return fmt.Errorf("nodelifecycle: workers is %d: it must be at least 1", workers)
+	}
+	c.log.Info("starting", "workers", workers, "pod-eviction-timeout", c.opts.PodEvictionTimeout,
+		"startup-grace", c.opts.StartupGrace, "monitor-period", c.opts.MonitorPeriod)
+	if !informer.WaitForCacheSync(ctx, c.nodes.Informer, c.leases.Informer) {
+		return fmt.Errorf("nodelifecycle: caches did not sync: %w", context.Cause(ctx))
+	}
+
+	r := &run{
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBaseDelay, retryMaxDelay),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "node-lifecycle"}),
+		state: newState(c.clock.Now()),
+	}
+	c.mu.Lock()
+	if c.current != nil {
+		c.mu.Unlock()
+		r.queue.ShutDown()
+		return errors.New("nodelifecycle: Run is already running")
+	}
+	c.current = r
+	c.mu.Unlock()
+	defer func() {
+		r.queue.ShutDown()
+		c.mu.Lock()
+		c.current = nil
+		c.mu.Unlock()
+	}()
+
+	c.monitor(ctx, r)
+	ticker := c.clock.NewTicker(c.opts.MonitorPeriod)
+	defer ticker.Stop()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for c.processNext(ctx, r) {
+			}
+		})
+	}
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-ticker.C():
+			c.monitor(ctx, r)
+		}
+	}
+	r.queue.ShutDown()
+	wg.Wait()
+	c.log.Info("stopped")
+	return nil
+}
+
+// monitor takes stock of the whole cluster (logging when mass-eviction
+// protection starts or ends) and queues every node for a look.
+func (c *Controller) monitor(ctx context.Context, r *run) {
+	now := c.clock.Now()
+	dead, total := c.census(r.state, now)
+	suppress := evictionSuppressed(dead, total)
+	if r.state.setSuppressed(suppress) {
+		if suppress {
+			c.log.Warn("more than half of the nodes look dead at once: evicting nothing (a network or control-plane problem, not node failures)",
+				"dead-nodes", len(dead), "nodes", total)
+			for _, node := range dead {
+				c.recorder.Eventf(ctx, node, wellknown.EventWarning, reasonEvictionSuppressed,
+					"%d of %d nodes look dead at once: no pod is evicted until at least half are healthy", len(dead), total)
+			}
+		} else {
+			c.log.Info("at most half of the nodes look dead: eviction resumes", "dead-nodes", len(dead), "nodes", total)
+		}
+	}
+	for _, n := range c.nodes.List() {
+		r.queue.Add(n.GetMetadata().GetName())
+	}
+}
+
+// processNext syncs one node; it reports false once the queue is shut down.
+func (c *Controller) processNext(ctx context.Context, r *run) bool {
+	name, quit := r.queue.Get()
+	if quit {
+		return false
+	}
+	defer r.queue.Done(name)
+	var done func(error)
+	if c.syncing != nil {
+		done = c.syncing(name)
+	}
+	err := c.sync(ctx, r.state, name, c.clock.Now())
+	if done != nil {
+		done(err)
+	}
+	switch {
+	case err == nil:
+		r.queue.Forget(name)
+	case ctx.Err() != nil:
+		// Leadership or the process is ending; the next leader starts over.
+	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+		c.log.Debug("sync raced a change; retrying", "node", name, "error", err)
+		r.queue.AddRateLimited(name)
+	default:
+		c.log.Warn("sync failed; retrying", "node", name, "retries", r.queue.NumRequeues(name), "error", err)
+		r.queue.AddRateLimited(name)
+	}
+	return true
+}
