@@ -3,6 +3,7 @@ package nodelifecycle
 import (
 	"context"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/taints"
 	"slices"
 	"time"
 
@@ -213,7 +214,7 @@ func earliest(a, b time.Time) time.Time {
 func tolerationWait(pod *capstanv1.Pod, taint *capstanv1.Taint, timeout time.Duration) (wait time.Duration, forever bool) {
 	matched := false
 	for _, tol := range pod.GetSpec().GetTolerations() {
-		if !tolerates(tol, taint) {
+		if !taints.Tolerates(tol, taint) {
 			continue
 		}
 		if tol.TolerationSeconds == nil {
@@ -229,20 +230,4 @@ func tolerationWait(pod *capstanv1.Pod, taint *capstanv1.Taint, timeout time.Dur
 		return timeout, false
 	}
 	return wait, false
-}
-
-// tolerates is Kubernetes' toleration match: the effect (empty matches
-// every effect), then Exists (empty key matches every key) or Equal (the
-// default) on key and value.
-func tolerates(tol *capstanv1.Toleration, taint *capstanv1.Taint) bool {
-	if tol.GetEffect() != "" && tol.GetEffect() != taint.GetEffect() {
-		return false
-	}
-	switch tol.GetOperator() {
-	case "Exists":
-		return tol.GetKey() == "" || tol.GetKey() == taint.GetKey()
-	case "", "Equal":
-		return tol.GetKey() == taint.GetKey() && tol.GetValue() == taint.GetValue()
-	}
-	return false
 }

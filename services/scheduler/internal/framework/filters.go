@@ -1,7 +1,7 @@
 package framework
 
 import (
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/taints"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -76,35 +76,11 @@ func TaintsTolerated(pod *PodInfo, node *NodeInfo, reasons []string) []string {
 		if effect != wellknown.TaintNoSchedule && effect != wellknown.TaintNoExecute {
 			continue
 		}
-		if !Tolerated(t.taint, tolerations) {
+		if !taints.Tolerated(t.taint, tolerations) {
 			return append(reasons, t.reason)
 		}
 	}
 	return reasons
-}
-
-// Tolerated reports whether one of tolerations tolerates taint, with
-// Kubernetes' matching rules: an empty effect matches every effect, an empty
-// key with operator Exists matches every key, Equal (the default) compares
-// values.
-func Tolerated(taint *capstanv1.Taint, tolerations []*capstanv1.Toleration) bool {
-	for _, tol := range tolerations {
-		if tol.GetEffect() != "" && tol.GetEffect() != taint.GetEffect() {
-			continue
-		}
-		if tol.GetKey() != "" && tol.GetKey() != taint.GetKey() {
-			continue
-		}
-		switch tol.GetOperator() {
-		case "Exists":
-			return true
-		case "", "Equal":
-			if tol.GetValue() == taint.GetValue() {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // HostPortsFree refuses a node where a placed pod already takes one of the

@@ -2,6 +2,7 @@ package framework
 
 import (
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/taints"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -57,7 +58,7 @@ func OwnerSpread(count, most int) int64 {
 func IntolerablePreferNoSchedule(pod *PodInfo, node *NodeInfo) int {
 	n := 0
 	for _, t := range node.taints {
-		if t.taint.GetEffect() == wellknown.TaintPreferNoSchedule && !Tolerated(t.taint, pod.Pod.GetSpec().GetTolerations()) {
+		if t.taint.GetEffect() == wellknown.TaintPreferNoSchedule && !taints.Tolerated(t.taint, pod.Pod.GetSpec().GetTolerations()) {
 			n++
 		}
 	}
