@@ -1,6 +1,6 @@
 // Command capctl controls a Capstan cluster, the way kubectl controls
-// Kubernetes: get, apply, delete, and cluster status. See package
-// services/capctl/internal/cmd.
+// Kubernetes: get, describe, apply, delete, scale, rollout status and
+// cluster status. See package services/capctl/internal/cmd.
 package main
 
 import (

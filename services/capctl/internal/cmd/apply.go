@@ -38,7 +38,8 @@ before anything is applied: one bad document applies nothing.
 
 An update replaces labels and the spec with the manifest's; status,
 annotations and owner references the manifest leaves out are kept, and so
-is the node a pod is bound to.`,
+is the node a pod is bound to, and the replicas of a deployment or
+replicaset whose manifest has no spec.replicas (set by capctl scale).`,
 		Example: `  capctl apply -f web.yaml
   capctl get deploy web -o yaml > web.yaml && $EDITOR web.yaml && capctl apply -f web.yaml
   cat <<EOF | capctl apply -f -
@@ -230,7 +231,8 @@ func apply(ctx context.Context, c *client.Client, kind *resource.Kind, desired r
 // takes from current its resource_version (the update is conditional on
 // it), the server-set metadata, the status (Update keeps it anyway; having
 // it makes next comparable with current), owner references and annotations
-// the manifest does not mention, and the node of a bound pod.
+// the manifest does not mention, the node of a bound pod, and replicas the
+// manifest does not set.
 func forUpdate(desired, current resource.Object) resource.Object {
 	next := resource.Clone(desired)
 	nm, cm := resource.Meta(next), resource.Meta(current)
@@ -254,6 +256,7 @@ func forUpdate(desired, current resource.Object) resource.Object {
 		nm.Annotations = merged
 	}
 	copyStatus(current, next)
+	keepReplicas(next, current)
 	if pod, ok := next.(*capstanv1.Pod); ok && pod.GetSpec().GetNodeName() == "" {
 		if bound := current.(*capstanv1.Pod).GetSpec().GetNodeName(); bound != "" {
 			if pod.Spec == nil {
@@ -263,6 +266,39 @@ func forUpdate(desired, current resource.Object) resource.Object {
 		}
 	}
 	return next
+}
+
+// keepReplicas gives a deployment or replicaset whose manifest leaves
+// spec.replicas out the stored number: it was set by capctl scale (or
+// another owner of the count), and kubectl apply leaves such a field alone
+// too. A manifest that sets spec.replicas wins.
+func keepReplicas(next, current resource.Object) {
+	var replicas **int32
+	var stored *int32
+	switch n := next.(type) {
+	case *capstanv1.Deployment:
+		if n.Spec == nil {
+			return
+		}
+		replicas = &n.Spec.Replicas
+		if cs := current.(*capstanv1.Deployment).GetSpec(); cs != nil {
+			stored = cs.Replicas
+		}
+	case *capstanv1.ReplicaSet:
+		if n.Spec == nil {
+			return
+		}
+		replicas = &n.Spec.Replicas
+		if cs := current.(*capstanv1.ReplicaSet).GetSpec(); cs != nil {
+			stored = cs.Replicas
+		}
+	default:
+		return
+	}
+	if *replicas == nil && stored != nil {
+		v := *stored
+		*replicas = &v
+	}
 }
 
 func copyStatus(from, to resource.Object) {

@@ -18,10 +18,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// clusterStatusServer stands in for the apiserver's ClusterService, which
-// apiservertest does not serve: the subject here is how capctl shows the
-// answers and keeps refreshing, not how they are computed. Each answer has
-// a new scheduler leader; the fourth call fails.
+// clusterStatusServer stands in for the apiserver's ClusterService: the
+// subject here is how capctl shows the answers and keeps refreshing through
+// a failed one, not how they are computed (TestLeases reads the real
+// service). Each answer has a new scheduler leader; the fourth call fails.
 type clusterStatusServer struct {
 	capstanv1.UnimplementedClusterServiceServer
 	calls atomic.Int64

@@ -39,13 +39,16 @@ reads back. With --watch, keep printing a row (or a document) per change.
 
 KIND is a plural (` + strings.Join(resource.Names(), ", ") + `),
 a singular ("pod") or a short name ("po", "rs", "deploy", "cm", "ev", "no").
-KIND/NAME ("pod/web") names one object, as apply prints it.`,
+KIND/NAME ("pod/web") names one object, as apply prints it. Events are
+listed by when they last happened, the latest at the bottom.`,
 		Example: `  capctl get pods
   capctl get pods -A -o wide
   capctl get pod web -o yaml
   capctl get deploy/web -o json
   capctl get pods -l app=web --field-selector spec.nodeName=worker-1
-  capctl get pods -w`,
+  capctl get pods -w
+  capctl get leases -A
+  capctl get events --field-selector involvedObject.name=web -w`,
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, g, args) },
 	}
 	f := cmd.Flags()
@@ -110,6 +113,11 @@ func (o *getOptions) run(cmd *cobra.Command, g *globals, args []string) error {
 		fmt.Fprintln(g.streams.ErrOut, noResources(kind, ns))
 		return nil
 	}
+	if kind == eventKind {
+		// What happened last matters most: it goes at the bottom, next to
+		// the prompt, as kubectl prints events.
+		printer.SortEvents(res.Items)
+	}
 	return p.PrintList(res.Items)
 }
 
@@ -171,6 +179,9 @@ func (o *getOptions) runWatch(ctx context.Context, g *globals, c *client.Client,
 			if o.format != printer.YAML && o.format != printer.JSON {
 				fmt.Fprintln(g.streams.ErrOut, noResources(kind, ns))
 			}
+		}
+		if kind == eventKind {
+			printer.SortEvents(res.Items)
 		}
 		for _, obj := range res.Items {
 			if err := p.PrintEvent(capstanv1.WatchEventType_WATCH_EVENT_TYPE_ADDED, obj); err != nil {

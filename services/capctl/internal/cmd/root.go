@@ -1,5 +1,6 @@
-// Package cmd is capctl's command line: the cobra commands (get, apply,
-// delete, cluster status), their flags, and how errors reach the user.
+// Package cmd is capctl's command line: the cobra commands (get, describe,
+// apply, delete, scale, rollout status, cluster status), their flags, and
+// how errors reach the user.
 // Rendering lives in package printer and manifest parsing in package
 // manifest; this package only connects them to the API client.
 //
@@ -135,7 +136,8 @@ It talks gRPC to any of the API replicas (--server, else $CAPSTAN_SERVER, else
 	pf.DurationVar(&g.timeout, "timeout", client.DefaultCallTimeout, "give up on an API call (retries on other replicas included) after this long")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log retries and failovers on stderr")
 
-	root.AddCommand(newGetCommand(g), newApplyCommand(g), newDeleteCommand(g), newClusterCommand(g))
+	root.AddCommand(newGetCommand(g), newDescribeCommand(g), newApplyCommand(g), newDeleteCommand(g),
+		newScaleCommand(g), newRolloutCommand(g), newClusterCommand(g))
 	return root
 }
 
@@ -157,6 +159,23 @@ func usagef(cmd *cobra.Command, format string, args ...any) error {
 type alreadyReported struct{ failures int }
 
 func (e *alreadyReported) Error() string { return fmt.Sprintf("%d operations failed", e.failures) }
+
+// The kinds some commands treat specially.
+var (
+	eventKind      = resource.MustLookup("Event")
+	podKind        = resource.MustLookup("Pod")
+	replicaSetKind = resource.MustLookup("ReplicaSet")
+	deploymentKind = resource.MustLookup("Deployment")
+)
+
+// kindList names kinds for messages: "deployments and replicasets".
+func kindList(kinds ...*resource.Kind) string {
+	var names []string
+	for _, k := range kinds {
+		names = append(names, k.Resource)
+	}
+	return strings.Join(names, " and ")
+}
 
 // lookupKind finds the kind an argument names ("po", "pods", "Pod").
 func lookupKind(cmd *cobra.Command, name string) (*resource.Kind, error) {

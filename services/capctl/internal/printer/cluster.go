@@ -1,8 +1,11 @@
 package printer
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -69,13 +72,18 @@ func ClusterStatus(out io.Writer, st *capstanv1.GetClusterStatusResponse, now ti
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "LEASES")
 	fmt.Fprintln(tw, "LEASE\tHOLDER\tEPOCH\tRENEWED\tDURATION\tSTANDBYS")
-	for _, l := range st.GetLeases() {
-		holder := l.GetHolderIdentity()
-		if holder == "" {
-			holder = "<nobody>"
+	for _, l := range sortedLeases(st.GetLeases()) {
+		// A lease nobody holds is listed for its standbys alone: it has no
+		// epoch, renewal or duration to show.
+		holder, epoch, renewed, duration := "<nobody>", "-", "-", "-"
+		if l.GetHolderIdentity() != "" {
+			holder, epoch, renewed = cell(l.GetHolderIdentity()), strconv.FormatInt(l.GetEpoch(), 10), Ago(l.GetRenewTime(), now)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%ds\t%s\n", cell(l.GetName()), holder, l.GetEpoch(),
-			Ago(l.GetRenewTime(), now), l.GetLeaseDurationSeconds(), cell(strings.Join(l.GetStandbys(), ",")))
+		if l.GetLeaseDurationSeconds() > 0 {
+			duration = fmt.Sprintf("%ds", l.GetLeaseDurationSeconds())
+		}
+		standbys := slices.Sorted(slices.Values(l.GetStandbys()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(l.GetName()), holder, epoch, renewed, duration, cell(strings.Join(standbys, ",")))
 	}
 	if len(st.GetLeases()) == 0 {
 		fmt.Fprintln(tw, "(none: no lease-gated component has started)")
@@ -89,6 +97,16 @@ func ClusterStatus(out io.Writer, st *capstanv1.GetClusterStatusResponse, now ti
 		}
 	}
 	return nil
+}
+
+// sortedLeases orders the leases by namespace and name, so that a lease
+// known only from its standbys does not jump to the end of the table.
+func sortedLeases(leases []*capstanv1.ComponentLease) []*capstanv1.ComponentLease {
+	out := slices.Clone(leases)
+	slices.SortFunc(out, func(a, b *capstanv1.ComponentLease) int {
+		return cmp.Or(strings.Compare(a.GetNamespace(), b.GetNamespace()), strings.Compare(a.GetName(), b.GetName()))
+	})
+	return out
 }
 
 func containsServer(servers []*capstanv1.ApiServer, name string) bool {

@@ -172,12 +172,13 @@ func desired(replicas *int32) string {
 }
 
 // Age is kubectl's AGE: how long ago t was, in one or two units ("5m",
-// "3h12m"); "<unknown>" without a time.
+// "3h12m"); "<unknown>" without a time. A time slightly ahead of now (the
+// server's clock runs ahead of this machine's) is "0s", not "<invalid>".
 func Age(t *timestamppb.Timestamp, now time.Time) string {
 	if t == nil {
 		return "<unknown>"
 	}
-	return duration.HumanDuration(now.Sub(t.AsTime()))
+	return duration.HumanDuration(max(now.Sub(t.AsTime()), 0))
 }
 
 // Ago is Age for something that happened rather than was created: "2s ago".

@@ -1,12 +1,16 @@
 // Package printer renders Capstan objects for people and scripts, the way
 // kubectl does: tables with kind-specific columns (and more of them with
-// -o wide), YAML and JSON manifests that `capctl apply` reads back, and
-// kind/name lines. It knows nothing of the API or of flags; the commands
-// hand it objects.
+// -o wide), YAML and JSON manifests that `capctl apply` reads back,
+// kind/name lines, the multi-section descriptions of `capctl describe`
+// (Describe) and the control plane's status (ClusterStatus). It knows
+// nothing of the API or of flags; the commands hand it objects, and the
+// related objects a description shows.
 //
 // A Printer writes to one io.Writer and remembers what it has printed (the
 // table header, the first YAML document), so one Printer serves a whole
-// `get -w`. It is not safe for concurrent use.
+// `get -w`. It is not safe for concurrent use. The package's functions
+// (Describe, ClusterStatus, ...) keep no state and are safe for concurrent
+// use.
 package printer
 
 import (

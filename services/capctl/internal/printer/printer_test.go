@@ -404,8 +404,11 @@ func TestClusterStatus(t *testing.T) {
 		Quorum:   true,
 		Revision: 1234,
 		Leases: []*capstanv1.ComponentLease{
-			{Name: "controller-manager", Namespace: "capstan-system", HolderIdentity: "master-1", Epoch: 1001, RenewTime: ago(time.Second), LeaseDurationSeconds: 2, Standbys: []string{"master-2", "master-3"}},
-			{Name: "scheduler", Namespace: "capstan-system", LeaseDurationSeconds: 2},
+			// A lease known only from its standbys comes after the held
+			// ones from the server; the table sorts by name.
+			{Name: "scheduler", Namespace: "capstan-system", Standbys: []string{"master-3"}},
+			{Name: "controller-manager", Namespace: "capstan-system", HolderIdentity: "master-1", Epoch: 1001, RenewTime: ago(time.Second), LeaseDurationSeconds: 2, Standbys: []string{"master-3", "master-2"}},
+			{Name: "quiet", Namespace: "capstan-system", HolderIdentity: "master-2", Epoch: 7, RenewTime: ago(3 * time.Second), LeaseDurationSeconds: 15},
 		},
 	}
 	var out bytes.Buffer
@@ -428,7 +431,8 @@ QUORUM: yes   REVISION: 1234
 LEASES
 LEASE                HOLDER     EPOCH   RENEWED   DURATION   STANDBYS
 controller-manager   master-1   1001    1s ago    2s         master-2,master-3
-scheduler            <nobody>   0       never     2s         <none>
+quiet                master-2   7       3s ago    15s        <none>
+scheduler            <nobody>   -       -         -          master-3
 etcd member m3: context deadline exceeded
 `
 	if diff := cmp.Diff(want, out.String()); diff != "" {
