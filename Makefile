@@ -83,6 +83,13 @@ test-docker: ## tests that need a Docker engine (skipped without one)
 bench: ## benchmarks only (PKGS, BENCH_TIME=1s, BENCH_FLAGS=...)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_TIME) -benchmem $(BENCH_FLAGS) $(PKGS)
 
+# Real processes on free loopback ports (hack/benchfailover); not a test.
+BENCH_FAILOVER_TRIALS ?= 10
+BENCH_FAILOVER_FLAGS ?=
+.PHONY: bench-failover
+bench-failover: build ## failover times: SIGKILL/SIGTERM of the active controller-manager and scheduler (BENCH_FAILOVER_TRIALS=10)
+	$(GO) run ./hack/benchfailover -bin-dir $(BIN_DIR) -trials $(BENCH_FAILOVER_TRIALS) $(BENCH_FAILOVER_FLAGS)
+
 local-up: build ## start 3 masters as local processes (state in .local/)
 	$(LOCALCLUSTER) up
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -31,7 +32,7 @@ func run() error {
 	stateDir := flags.String("state-dir", ".local", "directory for data/, logs/ and pids/")
 	binDir := flags.String("bin-dir", "bin", "directory holding the built binaries")
 	grace := flags.Duration("grace", 10*time.Second, "down: how long a process may take to exit after SIGTERM before SIGKILL")
-	readyTimeout := flags.Duration("ready-timeout", localcluster.DefaultReadyTimeout, "up: how long to wait for the API servers to be SERVING")
+	readyTimeout := flags.Duration("ready-timeout", localcluster.DefaultReadyTimeout, "up: how long to wait for every process to be ready")
 	flags.Usage = func() {
 		fmt.Fprintln(flags.Output(), "usage: localcluster [flags] up|down|status")
 		flags.PrintDefaults()
@@ -69,7 +70,7 @@ func run() error {
 		if err := cluster.Up(ctx); err != nil {
 			return err
 		}
-		fmt.Println("cluster is up; API servers:", cluster.Topology().APIAddresses())
+		fmt.Println("cluster is up; API servers:", strings.Join(cluster.Topology().APIAddresses(), ","))
 		return nil
 	case "down":
 		return cluster.Down(ctx, *grace)
@@ -95,11 +96,15 @@ func printStatus(ctx context.Context, cluster *localcluster.Cluster) error {
 		} else if st.Pid != 0 {
 			state = "dead (stale pid file)"
 		}
-		if st.Running && st.HealthAddr != "" {
+		if st.Running && (st.HealthAddr != "" || st.HealthURL != "") {
+			target, good, bad := st.HealthAddr, "SERVING", "not serving"
+			if target == "" {
+				target, good, bad = st.HealthURL, "OK", "not OK"
+			}
 			checkCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			health = st.HealthAddr + " SERVING"
+			health = target + " " + good
 			if err := cluster.CheckReady(checkCtx, st.Name); err != nil {
-				health = st.HealthAddr + " not serving"
+				health = target + " " + bad
 			}
 			cancel()
 		}

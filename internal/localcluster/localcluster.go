@@ -1,5 +1,6 @@
 // Package localcluster runs a Capstan topology (API servers with embedded
-// etcd members, later the other components) as plain local processes: for
+// etcd members, controller-managers and schedulers, later node agents) as
+// plain local processes: for
 // machines without a Docker engine (`make local-up`) and for integration
 // tests that drive the real binaries.
 //
@@ -30,6 +31,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,7 +95,9 @@ type ProcessStatus struct {
 	Running bool
 	// HealthAddr is the process's gRPC health address, if it has one.
 	HealthAddr string
-	LogPath    string
+	// HealthURL is the process's HTTP health URL, if it has one.
+	HealthURL string
+	LogPath   string
 }
 
 // New validates cfg and returns a Cluster for it. Paths are made absolute,
@@ -151,7 +155,7 @@ func (c *Cluster) Topology() Topology {
 }
 
 // Up starts every process that is not running, in topology order, then
-// waits until every process with a HealthAddr is SERVING, for at most the
+// waits until every process is ready (see CheckReady), for at most the
 // ready timeout. Processes already running are left alone. If ctx ends, Up
 // stops waiting and returns ctx's error; the processes it started keep
 // running (Down stops them).
@@ -251,46 +255,84 @@ func (c *Cluster) Status() []ProcessStatus {
 			Pid:        pid,
 			Running:    pid != 0 && isOurs(pid, p.Binary),
 			HealthAddr: p.HealthAddr,
+			HealthURL:  p.HealthURL,
 			LogPath:    c.topo.LogPath(p.Name),
 		})
 	}
 	return statuses
 }
 
-// CheckReady asks the named process once whether it is SERVING on its
-// health address; nil means it is. ctx bounds the check.
+// CheckReady asks the named process once whether it is ready; nil means
+// it is: SERVING on its gRPC health address (HealthAddr), else 200 from its
+// health URL (HealthURL), else — for a process with neither — running.
+// ctx bounds the check.
 func (c *Cluster) CheckReady(ctx context.Context, name string) error {
 	p, err := c.process(name)
 	if err != nil {
 		return err
 	}
-	if p.HealthAddr == "" {
-		return fmt.Errorf("localcluster: %s has no health address", name)
-	}
-	return grpcserver.Probe(ctx, p.HealthAddr)
+	return c.checkReady(ctx, p)
 }
 
-// WaitReady waits until the named processes (all with a HealthAddr when no
-// name is given) are SERVING, and logs each as it becomes ready. It fails at
-// once if one of them is not running, with the end of its log. If ctx ends
-// first it returns an error naming the processes still not ready and
-// wrapping ctx's error.
+func (c *Cluster) checkReady(ctx context.Context, p *Process) error {
+	switch {
+	case p.HealthAddr != "":
+		return grpcserver.Probe(ctx, p.HealthAddr)
+	case p.HealthURL != "":
+		return probeHTTP(ctx, p.HealthURL)
+	}
+	if _, ok := c.running(p); !ok {
+		return fmt.Errorf("%w: %s", ErrNotRunning, p.Name)
+	}
+	return nil
+}
+
+// probeHTTP GETs url: nil only on 200.
+func probeHTTP(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("localcluster: health %s: %w", url, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("localcluster: health: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("localcluster: health %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// healthTarget says what readiness of p is checked on, for log lines.
+func healthTarget(p *Process) string {
+	switch {
+	case p.HealthAddr != "":
+		return p.HealthAddr
+	case p.HealthURL != "":
+		return p.HealthURL
+	}
+	return "process alive"
+}
+
+// WaitReady waits until the named processes (every process when no name is
+// given) are ready (see CheckReady), and logs each as it becomes ready. It
+// fails at once if one of them is not running, with the end of its log. If
+// ctx ends first it returns an error naming the processes still not ready
+// and wrapping ctx's error.
 func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 	pending := map[string]*Process{}
 	if len(names) == 0 {
 		for i := range c.topo.Processes {
-			if p := &c.topo.Processes[i]; p.HealthAddr != "" {
-				pending[p.Name] = p
-			}
+			p := &c.topo.Processes[i]
+			pending[p.Name] = p
 		}
 	}
 	for _, name := range names {
 		p, err := c.process(name)
 		if err != nil {
 			return err
-		}
-		if p.HealthAddr == "" {
-			return fmt.Errorf("localcluster: %s has no health address to wait on", name)
 		}
 		pending[name] = p
 	}
@@ -304,13 +346,13 @@ func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 					ErrNotRunning, name, c.topo.LogPath(name), logTail(c.topo.LogPath(name)))
 			}
 			probeCtx, cancel := context.WithTimeout(ctx, time.Second)
-			err := grpcserver.Probe(probeCtx, p.HealthAddr)
+			err := c.checkReady(probeCtx, p)
 			cancel()
 			if err != nil {
 				lastErr[name] = err
 				continue
 			}
-			c.logger.Info("ready", "process", name, "pid", pid, "addr", p.HealthAddr)
+			c.logger.Info("ready", "process", name, "pid", pid, "health", healthTarget(p))
 			delete(pending, name)
 		}
 		if len(pending) == 0 {

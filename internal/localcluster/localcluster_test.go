@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -51,6 +52,20 @@ func runHelper(mode string, args []string) int {
 		go srv.Serve(lis)
 		<-terminated
 		srv.GracefulStop()
+		return 0
+	case "serve-http": // answer 200 on http://args[0]/healthz until SIGTERM
+		signal.Notify(terminated, syscall.SIGTERM)
+		lis, err := net.Listen("tcp", args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
+		go srv.Serve(lis)
+		<-terminated
+		_ = srv.Close()
 		return 0
 	case "ignore-term": // survive SIGTERM: only SIGKILL ends it
 		signal.Ignore(syscall.SIGTERM)
@@ -357,6 +372,73 @@ func TestDefaultTopology(t *testing.T) {
 	}
 	if !slices.Contains(p.RestartArgs, "--etcd-initial-cluster-state=existing") {
 		t.Errorf("apiserver-2 restart args %q do not rejoin the existing cluster", p.RestartArgs)
+	}
+
+	var names []string
+	for _, p := range topo.Processes {
+		names = append(names, p.Name)
+	}
+	wantNames := []string{"apiserver-1", "apiserver-2", "apiserver-3",
+		"controller-manager-1", "controller-manager-2", "controller-manager-3",
+		"scheduler-1", "scheduler-2", "scheduler-3"}
+	if !slices.Equal(names, wantNames) {
+		t.Fatalf("processes %v, want %v", names, wantNames)
+	}
+	for _, tc := range []struct {
+		index     int
+		binary    string
+		healthURL string
+		wantArgs  []string
+	}{
+		{4, "controller-manager", "http://127.0.0.1:10252/healthz", []string{"--identity=controller-manager-2", "--metrics-listen=127.0.0.1:10252"}},
+		{8, "scheduler", "http://127.0.0.1:10263/healthz", []string{"--identity=scheduler-3", "--metrics-listen=127.0.0.1:10263"}},
+	} {
+		p := topo.Processes[tc.index]
+		if want := filepath.Join(wd, "bin", tc.binary); p.Binary != want {
+			t.Errorf("%s: binary %s, want %s", p.Name, p.Binary, want)
+		}
+		if p.HealthURL != tc.healthURL || p.HealthAddr != "" {
+			t.Errorf("%s: health URL %q addr %q, want URL %q", p.Name, p.HealthURL, p.HealthAddr, tc.healthURL)
+		}
+		for _, arg := range append(tc.wantArgs, "--server=127.0.0.1:6441,127.0.0.1:6442,127.0.0.1:6443") {
+			if !slices.Contains(p.Args, arg) {
+				t.Errorf("%s args %q lack %q", p.Name, p.Args, arg)
+			}
+		}
+	}
+}
+
+func TestControlPlaneWithoutHTTPPorts(t *testing.T) {
+	topo := ControlPlane("bin", t.TempDir(), []MasterPorts{{GRPC: 1, EtcdClient: 2, EtcdPeer: 3}})
+	cm := topo.Processes[1]
+	if cm.Name != "controller-manager-1" || cm.HealthURL != "" || !slices.Contains(cm.Args, "--metrics-listen=") {
+		t.Fatalf("controller-manager without an HTTP port: %+v", cm)
+	}
+}
+
+func TestUpWaitsForHTTPHealthAndLiveness(t *testing.T) {
+	ctx := testContext(t)
+	ports, err := FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0].ControllerManagerHTTP)
+	web := helperProcess("web", "serve-http", addr)
+	web.HealthURL = "http://" + addr + "/healthz"
+	c := newCluster(t, web, sleepProcess("plain"))
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"web", "plain"} {
+		if err := c.CheckReady(ctx, name); err != nil {
+			t.Fatalf("%s after Up: %v", name, err)
+		}
+	}
+	if err := c.Stop(ctx, "plain", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckReady(ctx, "plain"); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("CheckReady of a stopped process without health checks: %v, want ErrNotRunning", err)
 	}
 }
 

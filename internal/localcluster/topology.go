@@ -32,6 +32,10 @@ type Process struct {
 	// HealthAddr, when set, is the gRPC address (host:port) whose
 	// grpc.health.v1 status must be SERVING before Up returns.
 	HealthAddr string
+	// HealthURL, when set (and HealthAddr is not), is an http URL that
+	// must answer 200 before Up returns: the /healthz of a component that
+	// serves no gRPC. A process with neither is ready once it runs.
+	HealthURL string
 }
 
 // Topology is a set of processes and the directory that holds their state:
@@ -70,8 +74,15 @@ func (t Topology) APIAddresses() []string {
 	return addrs
 }
 
-// APIServerBinary is the file name of the API server in a bin directory.
-const APIServerBinary = "apiserver"
+// File names of the binaries in a bin directory.
+const (
+	APIServerBinary         = "apiserver"
+	ControllerManagerBinary = "controller-manager"
+	SchedulerBinary         = "scheduler"
+)
+
+// ControlPlaneBinaries are the binaries a ControlPlane topology runs.
+var ControlPlaneBinaries = []string{APIServerBinary, ControllerManagerBinary, SchedulerBinary}
 
 // MasterPorts are the loopback ports one master's processes listen on.
 type MasterPorts struct {
@@ -80,19 +91,27 @@ type MasterPorts struct {
 	// EtcdClient and EtcdPeer are the embedded etcd member's ports.
 	EtcdClient int
 	EtcdPeer   int
+	// ControllerManagerHTTP and SchedulerHTTP serve those components'
+	// /metrics and /healthz; 0 means they serve none (and are ready once
+	// they run).
+	ControllerManagerHTTP int
+	SchedulerHTTP         int
 }
 
 // DefaultPorts are the ports of `make local-up`: gRPC 6441-6443 (the ports
-// docker compose publishes too) and etcd 12379/12380, 22379/22380,
+// docker compose publishes too), etcd 12379/12380, 22379/22380,
 // 32379/32380, the conventional etcd ports of a three-member cluster on one
-// host.
+// host, and HTTP 10251-10253 for the controller-managers and 10261-10263
+// for the schedulers.
 func DefaultPorts() []MasterPorts {
 	ports := make([]MasterPorts, 3)
 	for i := range ports {
 		ports[i] = MasterPorts{
-			GRPC:       6441 + i,
-			EtcdClient: (i+1)*10000 + 2379,
-			EtcdPeer:   (i+1)*10000 + 2380,
+			GRPC:                  6441 + i,
+			EtcdClient:            (i+1)*10000 + 2379,
+			EtcdPeer:              (i+1)*10000 + 2380,
+			ControllerManagerHTTP: 10251 + i,
+			SchedulerHTTP:         10261 + i,
 		}
 	}
 	return ports
@@ -104,7 +123,7 @@ func DefaultPorts() []MasterPorts {
 // ports are distinct; another program may still take one before the
 // cluster binds it, which a test sees as a failed start.
 func FreePorts(masters int) ([]MasterPorts, error) {
-	listeners := make([]net.Listener, 0, 3*masters)
+	listeners := make([]net.Listener, 0, 5*masters)
 	defer func() {
 		for _, l := range listeners {
 			l.Close()
@@ -120,7 +139,8 @@ func FreePorts(masters int) ([]MasterPorts, error) {
 	}
 	ports := make([]MasterPorts, masters)
 	for i := range ports {
-		for _, port := range []*int{&ports[i].GRPC, &ports[i].EtcdClient, &ports[i].EtcdPeer} {
+		p := &ports[i]
+		for _, port := range []*int{&p.GRPC, &p.EtcdClient, &p.EtcdPeer, &p.ControllerManagerHTTP, &p.SchedulerHTTP} {
 			p, err := next()
 			if err != nil {
 				return nil, err
@@ -132,9 +152,43 @@ func FreePorts(masters int) ([]MasterPorts, error) {
 }
 
 // Default is the topology of `make local-up`: three masters on the default
-// ports, binaries from binDir, state under stateDir.
+// ports, each with an API server, a controller-manager and a scheduler
+// (ControlPlane), binaries from binDir, state under stateDir.
 func Default(binDir, stateDir string) Topology {
-	return Stacked(binDir, stateDir, DefaultPorts())
+	return ControlPlane(binDir, stateDir, DefaultPorts())
+}
+
+// ControlPlane is Stacked plus, for each master i, the lease-gated
+// components controller-manager-<i> and scheduler-<i>: identities equal to
+// their process names, --server listing every API server, /metrics and
+// /healthz on the master's HTTP ports (none for a port of 0). They come
+// after the API servers, so Down stops them first and a stopping leader can
+// still release its lease.
+func ControlPlane(binDir, stateDir string, ports []MasterPorts) Topology {
+	topo := Stacked(binDir, stateDir, ports)
+	servers := "--server=" + strings.Join(topo.APIAddresses(), ",")
+	binDir = absPath(binDir)
+	component := func(binary string, i, httpPort int) Process {
+		name := fmt.Sprintf("%s-%d", binary, i+1)
+		p := Process{
+			Name:   name,
+			Binary: filepath.Join(binDir, binary),
+			Args:   []string{"--identity=" + name, servers, "--metrics-listen="},
+		}
+		if httpPort != 0 {
+			addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+			p.Args[2] = "--metrics-listen=" + addr
+			p.HealthURL = "http://" + addr + "/healthz"
+		}
+		return p
+	}
+	for i, p := range ports {
+		topo.Processes = append(topo.Processes, component(ControllerManagerBinary, i, p.ControllerManagerHTTP))
+	}
+	for i, p := range ports {
+		topo.Processes = append(topo.Processes, component(SchedulerBinary, i, p.SchedulerHTTP))
+	}
+	return topo
 }
 
 // Stacked is the stacked topology on loopback: one master per entry of
@@ -178,11 +232,10 @@ func Stacked(binDir, stateDir string, ports []MasterPorts) Topology {
 			HealthAddr:    grpcAddr,
 		})
 	}
-	// The other components join here, one line per binary and master once
-	// their binaries exist (controller-manager-<i>, scheduler-<i>, each
-	// with --api-endpoints=strings.Join(topo.APIAddresses(), ",")), then the
-	// workers (node-agent-<j>). Up starts processes in this order, and Down
-	// stops them in reverse, so they go before the API servers.
+	// ControlPlane adds the lease-gated components; the workers
+	// (node-agent-<j>) will follow them. Up starts processes in this order,
+	// and Down stops them in reverse, so clients stop before the API
+	// servers.
 	return topo
 }
 
