@@ -232,7 +232,7 @@ func TestTypedCRUD(t *testing.T) {
 		t.Fatalf("ListPods = %v, %v; want one pod and a resource_version", list, err)
 	}
 
-	if _, err := c.Pods().DeletePod(ctx, &capstanv1.DeletePodRequest{Namespace: "typed", Name: "web-1"}); err != nil {
+	if _, err := c.Pods().DeletePod(ctx, &capstanv1.DeletePodRequest{Namespace: "typed", Name: "web-1", GracePeriodSeconds: proto.Int64(0)}); err != nil {
 		t.Fatalf("DeletePod: %v", err)
 	}
 	if _, err := c.Pods().GetPod(ctx, &capstanv1.GetPodRequest{Namespace: "typed", Name: "web-1"}); !apierrors.IsNotFound(err) {
@@ -429,7 +429,7 @@ func TestRepeatedWriteSettles(t *testing.T) {
 	}
 
 	deleted := &capstanv1.DeletePodResponse{}
-	if err := call(capstanv1.PodService_DeletePod_FullMethodName, &capstanv1.DeletePodRequest{Namespace: "settle", Name: "p"}, deleted); err != nil {
+	if err := call(capstanv1.PodService_DeletePod_FullMethodName, &capstanv1.DeletePodRequest{Namespace: "settle", Name: "p", GracePeriodSeconds: proto.Int64(0)}, deleted); err != nil {
 		t.Fatalf("delete whose answer was lost: %v", err)
 	}
 	if deleted.GetPod() != nil {

@@ -156,18 +156,38 @@ func (c *Client) write(ctx context.Context, verb resource.Verb, obj resource.Obj
 // Delete removes an object and returns it as it was, if pre (optional)
 // matches. A Delete whose first attempt was lost with its replica and whose
 // retry found the object gone returns (nil, nil): see the package doc.
-func (c *Client) Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions) (resource.Object, error) {
+func (c *Client) Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions, opts ...DeleteOption) (resource.Object, error) {
+	var o deleteOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	resp, err := c.invoke(ctx, kind, resource.Delete, func(req proto.Message) {
 		resource.SetField(req, resource.FieldNamespace, protoreflect.ValueOfString(namespace))
 		resource.SetField(req, resource.FieldName, protoreflect.ValueOfString(name))
 		if pre != nil {
 			resource.SetField(req, resource.FieldPreconditions, protoreflect.ValueOfMessage(pre.ProtoReflect()))
 		}
+		if o.gracePeriodSeconds != nil {
+			resource.SetField(req, "grace_period_seconds", protoreflect.ValueOfInt64(*o.gracePeriodSeconds))
+		}
 	})
 	if err != nil {
 		return nil, err
 	}
 	return objectIn(kind, resp), nil
+}
+
+// DeleteOption changes how Delete deletes.
+type DeleteOption func(*deleteOptions)
+
+type deleteOptions struct{ gracePeriodSeconds *int64 }
+
+// GracePeriod sets the grace period of a pod's deletion: the seconds its node
+// agent waits between SIGTERM and SIGKILL. 0 removes the pod from the API at
+// once (force), without waiting for its node agent. Kinds without a grace
+// period ignore it.
+func GracePeriod(seconds int64) DeleteOption {
+	return func(o *deleteOptions) { o.gracePeriodSeconds = &seconds }
 }
 
 // responseObject is the object of a unary response of kind.

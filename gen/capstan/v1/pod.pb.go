@@ -1892,8 +1892,14 @@ type DeletePodRequest struct {
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Delete only if these match.
 	Preconditions *Preconditions `protobuf:"bytes,3,opt,name=preconditions,proto3" json:"preconditions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Seconds the node agent gives the containers between SIGTERM and SIGKILL.
+	// Unset: the pod's termination_grace_period_seconds. 0: remove the pod
+	// from the API at once, without waiting for its node agent (force). A pod
+	// bound to a node is otherwise only marked (metadata.delete_time); its
+	// node agent stops it and then removes it.
+	GracePeriodSeconds *int64 `protobuf:"varint,4,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3,oneof" json:"grace_period_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *DeletePodRequest) Reset() {
@@ -1945,6 +1951,13 @@ func (x *DeletePodRequest) GetPreconditions() *Preconditions {
 		return x.Preconditions
 	}
 	return nil
+}
+
+func (x *DeletePodRequest) GetGracePeriodSeconds() int64 {
+	if x != nil && x.GracePeriodSeconds != nil {
+		return *x.GracePeriodSeconds
+	}
+	return 0
 }
 
 // DeletePodResponse is the output of DeletePod.
@@ -2251,6 +2264,143 @@ func (x *BindPodResponse) GetPod() *Pod {
 	return nil
 }
 
+// StreamPodLogsRequest is the input of StreamPodLogs.
+type StreamPodLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the pod; empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Pod name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Container name; may be empty if the pod has one container.
+	Container string `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
+	// Keep streaming new output until the caller cancels.
+	Follow bool `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Only the last this many lines; unset means the whole log.
+	TailLines *int64 `protobuf:"varint,5,opt,name=tail_lines,json=tailLines,proto3,oneof" json:"tail_lines,omitempty"`
+	// The log of the previous run of the container (before its last restart).
+	Previous      bool `protobuf:"varint,6,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamPodLogsRequest) Reset() {
+	*x = StreamPodLogsRequest{}
+	mi := &file_capstan_v1_pod_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamPodLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamPodLogsRequest) ProtoMessage() {}
+
+func (x *StreamPodLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_pod_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamPodLogsRequest.ProtoReflect.Descriptor instead.
+func (*StreamPodLogsRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_pod_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *StreamPodLogsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *StreamPodLogsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamPodLogsRequest) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
+func (x *StreamPodLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *StreamPodLogsRequest) GetTailLines() int64 {
+	if x != nil && x.TailLines != nil {
+		return *x.TailLines
+	}
+	return 0
+}
+
+func (x *StreamPodLogsRequest) GetPrevious() bool {
+	if x != nil {
+		return x.Previous
+	}
+	return false
+}
+
+// StreamPodLogsResponse is one chunk of a log.
+type StreamPodLogsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the log, in order.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamPodLogsResponse) Reset() {
+	*x = StreamPodLogsResponse{}
+	mi := &file_capstan_v1_pod_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamPodLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamPodLogsResponse) ProtoMessage() {}
+
+func (x *StreamPodLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_pod_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamPodLogsResponse.ProtoReflect.Descriptor instead.
+func (*StreamPodLogsResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_pod_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *StreamPodLogsResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_capstan_v1_pod_proto protoreflect.FileDescriptor
 
 const file_capstan_v1_pod_proto_rawDesc = "" +
@@ -2402,11 +2552,13 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\x16UpdatePodStatusRequest\x12!\n" +
 	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod\"<\n" +
 	"\x17UpdatePodStatusResponse\x12!\n" +
-	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod\"\x85\x01\n" +
+	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod\"\xd5\x01\n" +
 	"\x10DeletePodRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12?\n" +
-	"\rpreconditions\x18\x03 \x01(\v2\x19.capstan.v1.PreconditionsR\rpreconditions\"6\n" +
+	"\rpreconditions\x18\x03 \x01(\v2\x19.capstan.v1.PreconditionsR\rpreconditions\x125\n" +
+	"\x14grace_period_seconds\x18\x04 \x01(\x03H\x00R\x12gracePeriodSeconds\x88\x01\x01B\x17\n" +
+	"\x15_grace_period_seconds\"6\n" +
 	"\x11DeletePodResponse\x12!\n" +
 	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod\"\xa9\x01\n" +
 	"\x10WatchPodsRequest\x12\x1c\n" +
@@ -2424,7 +2576,18 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12\x10\n" +
 	"\x03uid\x18\x04 \x01(\tR\x03uid\"4\n" +
 	"\x0fBindPodResponse\x12!\n" +
-	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod2\xde\x04\n" +
+	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod\"\xcd\x01\n" +
+	"\x14StreamPodLogsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\tcontainer\x18\x03 \x01(\tR\tcontainer\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\x12\"\n" +
+	"\n" +
+	"tail_lines\x18\x05 \x01(\x03H\x00R\ttailLines\x88\x01\x01\x12\x1a\n" +
+	"\bprevious\x18\x06 \x01(\bR\bpreviousB\r\n" +
+	"\v_tail_lines\"+\n" +
+	"\x15StreamPodLogsResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xb6\x05\n" +
 	"\n" +
 	"PodService\x12H\n" +
 	"\tCreatePod\x12\x1c.capstan.v1.CreatePodRequest\x1a\x1d.capstan.v1.CreatePodResponse\x12?\n" +
@@ -2434,7 +2597,8 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\x0fUpdatePodStatus\x12\".capstan.v1.UpdatePodStatusRequest\x1a#.capstan.v1.UpdatePodStatusResponse\x12H\n" +
 	"\tDeletePod\x12\x1c.capstan.v1.DeletePodRequest\x1a\x1d.capstan.v1.DeletePodResponse\x12J\n" +
 	"\tWatchPods\x12\x1c.capstan.v1.WatchPodsRequest\x1a\x1d.capstan.v1.WatchPodsResponse0\x01\x12B\n" +
-	"\aBindPod\x12\x1a.capstan.v1.BindPodRequest\x1a\x1b.capstan.v1.BindPodResponseB9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
+	"\aBindPod\x12\x1a.capstan.v1.BindPodRequest\x1a\x1b.capstan.v1.BindPodResponse\x12V\n" +
+	"\rStreamPodLogs\x12 .capstan.v1.StreamPodLogsRequest\x1a!.capstan.v1.StreamPodLogsResponse0\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
 
 var (
 	file_capstan_v1_pod_proto_rawDescOnce sync.Once
@@ -2448,7 +2612,7 @@ func file_capstan_v1_pod_proto_rawDescGZIP() []byte {
 	return file_capstan_v1_pod_proto_rawDescData
 }
 
-var file_capstan_v1_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_capstan_v1_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_capstan_v1_pod_proto_goTypes = []any{
 	(*Pod)(nil),                      // 0: capstan.v1.Pod
 	(*PodSpec)(nil),                  // 1: capstan.v1.PodSpec
@@ -2484,45 +2648,47 @@ var file_capstan_v1_pod_proto_goTypes = []any{
 	(*WatchPodsResponse)(nil),        // 31: capstan.v1.WatchPodsResponse
 	(*BindPodRequest)(nil),           // 32: capstan.v1.BindPodRequest
 	(*BindPodResponse)(nil),          // 33: capstan.v1.BindPodResponse
-	nil,                              // 34: capstan.v1.PodSpec.NodeSelectorEntry
-	nil,                              // 35: capstan.v1.ResourceRequirements.RequestsEntry
-	nil,                              // 36: capstan.v1.ResourceRequirements.LimitsEntry
-	(*ObjectMeta)(nil),               // 37: capstan.v1.ObjectMeta
-	(*Condition)(nil),                // 38: capstan.v1.Condition
-	(*timestamppb.Timestamp)(nil),    // 39: google.protobuf.Timestamp
-	(*Preconditions)(nil),            // 40: capstan.v1.Preconditions
-	(WatchEventType)(0),              // 41: capstan.v1.WatchEventType
+	(*StreamPodLogsRequest)(nil),     // 34: capstan.v1.StreamPodLogsRequest
+	(*StreamPodLogsResponse)(nil),    // 35: capstan.v1.StreamPodLogsResponse
+	nil,                              // 36: capstan.v1.PodSpec.NodeSelectorEntry
+	nil,                              // 37: capstan.v1.ResourceRequirements.RequestsEntry
+	nil,                              // 38: capstan.v1.ResourceRequirements.LimitsEntry
+	(*ObjectMeta)(nil),               // 39: capstan.v1.ObjectMeta
+	(*Condition)(nil),                // 40: capstan.v1.Condition
+	(*timestamppb.Timestamp)(nil),    // 41: google.protobuf.Timestamp
+	(*Preconditions)(nil),            // 42: capstan.v1.Preconditions
+	(WatchEventType)(0),              // 43: capstan.v1.WatchEventType
 }
 var file_capstan_v1_pod_proto_depIdxs = []int32{
-	37, // 0: capstan.v1.Pod.metadata:type_name -> capstan.v1.ObjectMeta
+	39, // 0: capstan.v1.Pod.metadata:type_name -> capstan.v1.ObjectMeta
 	1,  // 1: capstan.v1.Pod.spec:type_name -> capstan.v1.PodSpec
 	12, // 2: capstan.v1.Pod.status:type_name -> capstan.v1.PodStatus
 	3,  // 3: capstan.v1.PodSpec.containers:type_name -> capstan.v1.Container
-	34, // 4: capstan.v1.PodSpec.node_selector:type_name -> capstan.v1.PodSpec.NodeSelectorEntry
+	36, // 4: capstan.v1.PodSpec.node_selector:type_name -> capstan.v1.PodSpec.NodeSelectorEntry
 	11, // 5: capstan.v1.PodSpec.tolerations:type_name -> capstan.v1.Toleration
-	37, // 6: capstan.v1.PodTemplateSpec.metadata:type_name -> capstan.v1.ObjectMeta
+	39, // 6: capstan.v1.PodTemplateSpec.metadata:type_name -> capstan.v1.ObjectMeta
 	1,  // 7: capstan.v1.PodTemplateSpec.spec:type_name -> capstan.v1.PodSpec
 	4,  // 8: capstan.v1.Container.env:type_name -> capstan.v1.EnvVar
 	5,  // 9: capstan.v1.Container.ports:type_name -> capstan.v1.ContainerPort
 	6,  // 10: capstan.v1.Container.resources:type_name -> capstan.v1.ResourceRequirements
 	7,  // 11: capstan.v1.Container.liveness_probe:type_name -> capstan.v1.Probe
 	7,  // 12: capstan.v1.Container.readiness_probe:type_name -> capstan.v1.Probe
-	35, // 13: capstan.v1.ResourceRequirements.requests:type_name -> capstan.v1.ResourceRequirements.RequestsEntry
-	36, // 14: capstan.v1.ResourceRequirements.limits:type_name -> capstan.v1.ResourceRequirements.LimitsEntry
+	37, // 13: capstan.v1.ResourceRequirements.requests:type_name -> capstan.v1.ResourceRequirements.RequestsEntry
+	38, // 14: capstan.v1.ResourceRequirements.limits:type_name -> capstan.v1.ResourceRequirements.LimitsEntry
 	8,  // 15: capstan.v1.Probe.exec:type_name -> capstan.v1.ExecAction
 	9,  // 16: capstan.v1.Probe.http_get:type_name -> capstan.v1.HttpGetAction
 	10, // 17: capstan.v1.Probe.tcp_socket:type_name -> capstan.v1.TcpSocketAction
-	38, // 18: capstan.v1.PodStatus.conditions:type_name -> capstan.v1.Condition
-	39, // 19: capstan.v1.PodStatus.start_time:type_name -> google.protobuf.Timestamp
+	40, // 18: capstan.v1.PodStatus.conditions:type_name -> capstan.v1.Condition
+	41, // 19: capstan.v1.PodStatus.start_time:type_name -> google.protobuf.Timestamp
 	13, // 20: capstan.v1.PodStatus.container_statuses:type_name -> capstan.v1.ContainerStatus
 	14, // 21: capstan.v1.ContainerStatus.state:type_name -> capstan.v1.ContainerState
 	14, // 22: capstan.v1.ContainerStatus.last_state:type_name -> capstan.v1.ContainerState
 	15, // 23: capstan.v1.ContainerState.waiting:type_name -> capstan.v1.ContainerStateWaiting
 	16, // 24: capstan.v1.ContainerState.running:type_name -> capstan.v1.ContainerStateRunning
 	17, // 25: capstan.v1.ContainerState.terminated:type_name -> capstan.v1.ContainerStateTerminated
-	39, // 26: capstan.v1.ContainerStateRunning.started_at:type_name -> google.protobuf.Timestamp
-	39, // 27: capstan.v1.ContainerStateTerminated.started_at:type_name -> google.protobuf.Timestamp
-	39, // 28: capstan.v1.ContainerStateTerminated.finished_at:type_name -> google.protobuf.Timestamp
+	41, // 26: capstan.v1.ContainerStateRunning.started_at:type_name -> google.protobuf.Timestamp
+	41, // 27: capstan.v1.ContainerStateTerminated.started_at:type_name -> google.protobuf.Timestamp
+	41, // 28: capstan.v1.ContainerStateTerminated.finished_at:type_name -> google.protobuf.Timestamp
 	0,  // 29: capstan.v1.CreatePodRequest.pod:type_name -> capstan.v1.Pod
 	0,  // 30: capstan.v1.CreatePodResponse.pod:type_name -> capstan.v1.Pod
 	0,  // 31: capstan.v1.GetPodResponse.pod:type_name -> capstan.v1.Pod
@@ -2531,9 +2697,9 @@ var file_capstan_v1_pod_proto_depIdxs = []int32{
 	0,  // 34: capstan.v1.UpdatePodResponse.pod:type_name -> capstan.v1.Pod
 	0,  // 35: capstan.v1.UpdatePodStatusRequest.pod:type_name -> capstan.v1.Pod
 	0,  // 36: capstan.v1.UpdatePodStatusResponse.pod:type_name -> capstan.v1.Pod
-	40, // 37: capstan.v1.DeletePodRequest.preconditions:type_name -> capstan.v1.Preconditions
+	42, // 37: capstan.v1.DeletePodRequest.preconditions:type_name -> capstan.v1.Preconditions
 	0,  // 38: capstan.v1.DeletePodResponse.pod:type_name -> capstan.v1.Pod
-	41, // 39: capstan.v1.WatchPodsResponse.type:type_name -> capstan.v1.WatchEventType
+	43, // 39: capstan.v1.WatchPodsResponse.type:type_name -> capstan.v1.WatchEventType
 	0,  // 40: capstan.v1.WatchPodsResponse.pod:type_name -> capstan.v1.Pod
 	0,  // 41: capstan.v1.BindPodResponse.pod:type_name -> capstan.v1.Pod
 	18, // 42: capstan.v1.PodService.CreatePod:input_type -> capstan.v1.CreatePodRequest
@@ -2544,16 +2710,18 @@ var file_capstan_v1_pod_proto_depIdxs = []int32{
 	28, // 47: capstan.v1.PodService.DeletePod:input_type -> capstan.v1.DeletePodRequest
 	30, // 48: capstan.v1.PodService.WatchPods:input_type -> capstan.v1.WatchPodsRequest
 	32, // 49: capstan.v1.PodService.BindPod:input_type -> capstan.v1.BindPodRequest
-	19, // 50: capstan.v1.PodService.CreatePod:output_type -> capstan.v1.CreatePodResponse
-	21, // 51: capstan.v1.PodService.GetPod:output_type -> capstan.v1.GetPodResponse
-	23, // 52: capstan.v1.PodService.ListPods:output_type -> capstan.v1.ListPodsResponse
-	25, // 53: capstan.v1.PodService.UpdatePod:output_type -> capstan.v1.UpdatePodResponse
-	27, // 54: capstan.v1.PodService.UpdatePodStatus:output_type -> capstan.v1.UpdatePodStatusResponse
-	29, // 55: capstan.v1.PodService.DeletePod:output_type -> capstan.v1.DeletePodResponse
-	31, // 56: capstan.v1.PodService.WatchPods:output_type -> capstan.v1.WatchPodsResponse
-	33, // 57: capstan.v1.PodService.BindPod:output_type -> capstan.v1.BindPodResponse
-	50, // [50:58] is the sub-list for method output_type
-	42, // [42:50] is the sub-list for method input_type
+	34, // 50: capstan.v1.PodService.StreamPodLogs:input_type -> capstan.v1.StreamPodLogsRequest
+	19, // 51: capstan.v1.PodService.CreatePod:output_type -> capstan.v1.CreatePodResponse
+	21, // 52: capstan.v1.PodService.GetPod:output_type -> capstan.v1.GetPodResponse
+	23, // 53: capstan.v1.PodService.ListPods:output_type -> capstan.v1.ListPodsResponse
+	25, // 54: capstan.v1.PodService.UpdatePod:output_type -> capstan.v1.UpdatePodResponse
+	27, // 55: capstan.v1.PodService.UpdatePodStatus:output_type -> capstan.v1.UpdatePodStatusResponse
+	29, // 56: capstan.v1.PodService.DeletePod:output_type -> capstan.v1.DeletePodResponse
+	31, // 57: capstan.v1.PodService.WatchPods:output_type -> capstan.v1.WatchPodsResponse
+	33, // 58: capstan.v1.PodService.BindPod:output_type -> capstan.v1.BindPodResponse
+	35, // 59: capstan.v1.PodService.StreamPodLogs:output_type -> capstan.v1.StreamPodLogsResponse
+	51, // [51:60] is the sub-list for method output_type
+	42, // [42:51] is the sub-list for method input_type
 	42, // [42:42] is the sub-list for extension type_name
 	42, // [42:42] is the sub-list for extension extendee
 	0,  // [0:42] is the sub-list for field type_name
@@ -2567,13 +2735,15 @@ func file_capstan_v1_pod_proto_init() {
 	file_capstan_v1_meta_proto_init()
 	file_capstan_v1_pod_proto_msgTypes[1].OneofWrappers = []any{}
 	file_capstan_v1_pod_proto_msgTypes[11].OneofWrappers = []any{}
+	file_capstan_v1_pod_proto_msgTypes[28].OneofWrappers = []any{}
+	file_capstan_v1_pod_proto_msgTypes[34].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_capstan_v1_pod_proto_rawDesc), len(file_capstan_v1_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

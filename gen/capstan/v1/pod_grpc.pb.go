@@ -27,6 +27,7 @@ const (
 	PodService_DeletePod_FullMethodName       = "/capstan.v1.PodService/DeletePod"
 	PodService_WatchPods_FullMethodName       = "/capstan.v1.PodService/WatchPods"
 	PodService_BindPod_FullMethodName         = "/capstan.v1.PodService/BindPod"
+	PodService_StreamPodLogs_FullMethodName   = "/capstan.v1.PodService/StreamPodLogs"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -53,6 +54,10 @@ type PodServiceClient interface {
 	// BindPod assigns an unbound pod to a node; FAILED_PRECONDITION if it is
 	// already bound.
 	BindPod(ctx context.Context, in *BindPodRequest, opts ...grpc.CallOption) (*BindPodResponse, error)
+	// StreamPodLogs streams a container's log. The API server proxies the call
+	// to the node agent of the pod's node, so a client needs only an API
+	// address.
+	StreamPodLogs(ctx context.Context, in *StreamPodLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamPodLogsResponse], error)
 }
 
 type podServiceClient struct {
@@ -152,6 +157,25 @@ func (c *podServiceClient) BindPod(ctx context.Context, in *BindPodRequest, opts
 	return out, nil
 }
 
+func (c *podServiceClient) StreamPodLogs(ctx context.Context, in *StreamPodLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamPodLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[1], PodService_StreamPodLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamPodLogsRequest, StreamPodLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_StreamPodLogsClient = grpc.ServerStreamingClient[StreamPodLogsResponse]
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -176,6 +200,10 @@ type PodServiceServer interface {
 	// BindPod assigns an unbound pod to a node; FAILED_PRECONDITION if it is
 	// already bound.
 	BindPod(context.Context, *BindPodRequest) (*BindPodResponse, error)
+	// StreamPodLogs streams a container's log. The API server proxies the call
+	// to the node agent of the pod's node, so a client needs only an API
+	// address.
+	StreamPodLogs(*StreamPodLogsRequest, grpc.ServerStreamingServer[StreamPodLogsResponse]) error
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -209,6 +237,9 @@ func (UnimplementedPodServiceServer) WatchPods(*WatchPodsRequest, grpc.ServerStr
 }
 func (UnimplementedPodServiceServer) BindPod(context.Context, *BindPodRequest) (*BindPodResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BindPod not implemented")
+}
+func (UnimplementedPodServiceServer) StreamPodLogs(*StreamPodLogsRequest, grpc.ServerStreamingServer[StreamPodLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamPodLogs not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -368,6 +399,17 @@ func _PodService_BindPod_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PodService_StreamPodLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamPodLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PodServiceServer).StreamPodLogs(m, &grpc.GenericServerStream[StreamPodLogsRequest, StreamPodLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_StreamPodLogsServer = grpc.ServerStreamingServer[StreamPodLogsResponse]
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -408,6 +450,11 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchPods",
 			Handler:       _PodService_WatchPods_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamPodLogs",
+			Handler:       _PodService_StreamPodLogs_Handler,
 			ServerStreams: true,
 		},
 	},

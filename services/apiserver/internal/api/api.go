@@ -26,6 +26,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
+// fieldGracePeriodSeconds is DeletePodRequest's grace period field.
+const fieldGracePeriodSeconds = "grace_period_seconds"
+
 // unaryFunc serves one unary call on decoded messages.
 type unaryFunc func(ctx context.Context, req proto.Message) (proto.Message, error)
 
@@ -50,8 +53,12 @@ func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *l
 			return leaseService.Release(ctx, req.(*capstanv1.ReleaseLeaseRequest))
 		},
 	}
+	logs := newLogProxy(reg)
+	specialStreams := map[protoreflect.FullName]grpc.StreamHandler{
+		"capstan.v1.PodService.StreamPodLogs": logs.handler,
+	}
 	for _, kind := range resource.All() {
-		desc, err := serviceDesc(kind, reg, special)
+		desc, err := serviceDesc(kind, reg, special, specialStreams)
 		if err != nil {
 			return err
 		}
@@ -60,7 +67,7 @@ func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *l
 	return nil
 }
 
-func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protoreflect.FullName]unaryFunc) (*grpc.ServiceDesc, error) {
+func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protoreflect.FullName]unaryFunc, specialStreams map[protoreflect.FullName]grpc.StreamHandler) (*grpc.ServiceDesc, error) {
 	svc := kind.Service()
 	desc := &grpc.ServiceDesc{
 		ServiceName: string(svc.FullName()),
@@ -88,6 +95,12 @@ func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protor
 			desc.Methods = append(desc.Methods, grpc.MethodDesc{
 				MethodName: string(m.Name()),
 				Handler:    unaryHandler(fullMethod, m, fn),
+			})
+		case specialStreams[m.FullName()] != nil:
+			desc.Streams = append(desc.Streams, grpc.StreamDesc{
+				StreamName:    string(m.Name()),
+				Handler:       specialStreams[m.FullName()],
+				ServerStreams: true,
 			})
 		case special[m.FullName()] != nil:
 			desc.Methods = append(desc.Methods, grpc.MethodDesc{
@@ -170,7 +183,13 @@ func (h *handlers) unary(verb resource.Verb, m protoreflect.MethodDescriptor) un
 			if v := resource.FieldValue(req, resource.FieldPreconditions); v.IsValid() && v.Message().IsValid() {
 				pre = v.Message().Interface().(*capstanv1.Preconditions)
 			}
-			return respond(reg.Delete(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName), pre))
+			var grace *int64
+			r := req.ProtoReflect()
+			if fd := r.Descriptor().Fields().ByName(fieldGracePeriodSeconds); fd != nil && r.Has(fd) {
+				g := r.Get(fd).Int()
+				grace = &g
+			}
+			return respond(reg.Delete(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName), pre, grace))
 		}
 	case resource.List:
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {

@@ -283,13 +283,56 @@ func (r *Registry) UpdateStatus(ctx context.Context, kind *resource.Kind, in res
 		}, r.writeOptions(ctx))
 }
 
-// Delete removes an object and returns its last state.
-func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions) (resource.Object, error) {
+// DefaultGracePeriodSeconds is a pod's grace period when neither the delete
+// call nor the pod names one.
+const DefaultGracePeriodSeconds = 30
+
+// Delete removes an object and returns its last state. A pod bound to a node
+// is deleted gracefully unless gracePeriodSeconds is 0: it is only marked
+// (metadata.delete_time, delete_grace_period_seconds) and its node agent
+// stops its containers and then deletes it with a grace period of 0.
+// gracePeriodSeconds nil means the pod's own termination grace period.
+func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions, gracePeriodSeconds *int64) (resource.Object, error) {
 	if err := validateRef(kind, namespace, name); err != nil {
 		return nil, err
 	}
-	return r.store.Delete(ctx, kind.Key(namespace, name), r.newFunc(kind),
-		storage.Preconditions{ResourceVersion: pre.GetResourceVersion(), UID: pre.GetUid()}, r.writeOptions(ctx))
+	if gracePeriodSeconds != nil && *gracePeriodSeconds < 0 {
+		return nil, apierrors.Invalid("grace_period_seconds", "must not be negative")
+	}
+	key := kind.Key(namespace, name)
+	precond := storage.Preconditions{ResourceVersion: pre.GetResourceVersion(), UID: pre.GetUid()}
+	if kind.Name != "Pod" || (gracePeriodSeconds != nil && *gracePeriodSeconds == 0) {
+		return r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
+	}
+	var deleteNow bool
+	obj, err := r.store.Update(ctx, key, r.newFunc(kind), precond, func(current resource.Object) (resource.Object, error) {
+		pod := current.(*capstanv1.Pod)
+		deleteNow = pod.GetSpec().GetNodeName() == ""
+		if deleteNow {
+			return pod, nil // unchanged: no write; deleted below
+		}
+		grace := int64(DefaultGracePeriodSeconds)
+		if g := pod.GetSpec().TerminationGracePeriodSeconds; g != nil {
+			grace = *g
+		}
+		if gracePeriodSeconds != nil {
+			grace = *gracePeriodSeconds
+		}
+		meta := resource.Meta(pod)
+		if meta.DeleteTime != nil && meta.DeleteGracePeriodSeconds <= grace {
+			return pod, nil // already terminating, at least as soon
+		}
+		if meta.DeleteTime == nil {
+			meta.DeleteTime = timestamppb.New(r.opts.Now())
+		}
+		meta.DeleteGracePeriodSeconds = grace
+		return pod, nil
+	}, r.writeOptions(ctx))
+	if err != nil || !deleteNow {
+		return obj, err
+	}
+	precond.ResourceVersion = resource.Meta(obj).GetResourceVersion()
+	return r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
 }
 
 // BindPod sets spec.node_name of an unbound pod (compare-and-swap: a pod is

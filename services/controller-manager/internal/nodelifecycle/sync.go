@@ -189,7 +189,10 @@ func (c *Controller) evict(ctx context.Context, s *state, node *capstanv1.Node, 
 
 func (c *Controller) evictPod(ctx context.Context, node *capstanv1.Node, pod *capstanv1.Pod, unreachableFor time.Duration) error {
 	meta := pod.GetMetadata()
-	_, err := c.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(), &capstanv1.Preconditions{Uid: meta.GetUid()})
+	// Force (grace 0): the node's agent is unreachable and cannot finish a
+	// graceful deletion. If it comes back, it stops the pods the API no
+	// longer has.
+	_, err := c.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(), &capstanv1.Preconditions{Uid: meta.GetUid()}, client.GracePeriod(0))
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("evict pod %s/%s: %w", meta.GetNamespace(), meta.GetName(), err)
 	}

@@ -181,7 +181,11 @@ func livePods(t *testing.T, ctx context.Context, c *client.Client) []*capstanv1.
 	}
 	var out []*capstanv1.Pod
 	for _, obj := range res.Items {
-		out = append(out, obj.(*capstanv1.Pod))
+		// A bound pod being deleted waits for its node agent: it is no
+		// longer live.
+		if obj.GetMetadata().GetDeleteTime() == nil {
+			out = append(out, obj.(*capstanv1.Pod))
+		}
 	}
 	return out
 }
@@ -561,8 +565,9 @@ func TestStaleFenceWritesNothing(t *testing.T) {
 	}
 }
 
-// podHighWater counts the pods in the API, in revision order (through its
-// own informer), and remembers the most there ever were at once.
+// podHighWater counts the live pods in the API (not being deleted), in
+// revision order (through its own informer), and remembers the most there
+// ever were at once.
 type podHighWater struct {
 	mu       sync.Mutex
 	now, max int
@@ -575,14 +580,28 @@ func watchPodCount(t *testing.T, c *client.Client) *podHighWater {
 		t.Fatal(err)
 	}
 	hw := &podHighWater{}
+	live := func(p *capstanv1.Pod) bool { return p.GetMetadata().GetDeleteTime() == nil }
 	inf.AddEventHandler(informer.TypedHandler[*capstanv1.Pod]{
-		OnAdd: func(*capstanv1.Pod) {
+		OnAdd: func(p *capstanv1.Pod) {
+			if !live(p) {
+				return
+			}
 			hw.mu.Lock()
 			defer hw.mu.Unlock()
 			hw.now++
 			hw.max = max(hw.max, hw.now)
 		},
-		OnDelete: func(*capstanv1.Pod) {
+		OnUpdate: func(old, p *capstanv1.Pod) {
+			if live(old) && !live(p) {
+				hw.mu.Lock()
+				defer hw.mu.Unlock()
+				hw.now--
+			}
+		},
+		OnDelete: func(p *capstanv1.Pod) {
+			if !live(p) {
+				return
+			}
 			hw.mu.Lock()
 			defer hw.mu.Unlock()
 			hw.now--

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"log/slog"
 	"os"
 	"slices"
@@ -378,7 +379,8 @@ func TestAssumeCacheAccounting(t *testing.T) {
 			break
 		}
 	}
-	if _, err := e.client.Pods().DeletePod(e.ctx, &capstanv1.DeletePodRequest{Namespace: "default", Name: victim}); err != nil {
+	// The test plays the victim's node agent: the pod is gone at once.
+	if _, err := e.client.Pods().DeletePod(e.ctx, &capstanv1.DeletePodRequest{Namespace: "default", Name: victim, GracePeriodSeconds: proto.Int64(0)}); err != nil {
 		t.Fatalf("delete %s: %v", victim, err)
 	}
 	e.waitFor("one waiting pod bound in the freed room", func() bool {
