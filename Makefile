@@ -90,6 +90,10 @@ BENCH_FAILOVER_FLAGS ?=
 bench-failover: build ## failover times: SIGKILL/SIGTERM of the active controller-manager and scheduler (BENCH_FAILOVER_TRIALS=10)
 	$(GO) run ./hack/benchfailover -bin-dir $(BIN_DIR) -trials $(BENCH_FAILOVER_TRIALS) $(BENCH_FAILOVER_FLAGS)
 
+.PHONY: bench-api
+bench-api: build ## API writes vs raw etcd puts on the same 3 real members (BENCH_API_FLAGS=-n 2000 -c 20)
+	CAPSTAN_BIN_DIR=$(CURDIR)/$(BIN_DIR) $(GO) run ./hack/benchapi $(BENCH_API_FLAGS)
+
 local-up: build ## start 3 masters as local processes (state in .local/)
 	$(LOCALCLUSTER) up
 
