@@ -31,7 +31,11 @@ type env struct {
 	conns   []*grpc.ClientConn
 }
 
-func newEnv(t *testing.T, replicas int) *env {
+func newEnv(t *testing.T, replicas int) *env { return newEnvTB(t, replicas) }
+
+func newEnvB(b *testing.B) *env { return newEnvTB(b, 1) }
+
+func newEnvTB(t testing.TB, replicas int) *env {
 	t.Helper()
 	c := apiservertest.Start(t, replicas)
 	e := &env{cluster: c}
