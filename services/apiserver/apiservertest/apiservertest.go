@@ -47,9 +47,10 @@ type Cluster struct {
 }
 
 type replica struct {
-	addr   string
-	server *grpcserver.Server
-	done   chan struct{}
+	addr     string
+	server   *grpcserver.Server
+	closeAPI func()
+	done     chan struct{}
 }
 
 // Start starts replicas API servers (and their etcd) for the test.
@@ -129,7 +130,8 @@ func (c *Cluster) StartReplica(i int) {
 		c.t.Fatalf("apiservertest: listen %s: %v", addr, err)
 	}
 	srv := grpcserver.New(grpcserver.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err := api.Register(srv, c.reg, leases.New(c.client, nil)); err != nil {
+	closeAPI, err := api.Register(srv, c.reg, leases.New(c.client, nil))
+	if err != nil {
 		c.t.Fatalf("apiservertest: %v", err)
 	}
 	status, err := clusterstatus.New(clusterstatus.Options{
@@ -141,7 +143,7 @@ func (c *Cluster) StartReplica(i int) {
 	}
 	capstanv1.RegisterClusterServiceServer(srv, status)
 	srv.SetServing(true)
-	r.addr, r.server, r.done = lis.Addr().String(), srv, make(chan struct{})
+	r.addr, r.server, r.closeAPI, r.done = lis.Addr().String(), srv, closeAPI, make(chan struct{})
 	go func(done chan struct{}) {
 		defer close(done)
 		_ = srv.Serve(lis)
@@ -153,7 +155,7 @@ func (c *Cluster) StartReplica(i int) {
 func (c *Cluster) StopReplica(i int) {
 	c.mu.Lock()
 	r := c.replicas[i]
-	srv, done := r.server, r.done
+	srv, done, closeAPI := r.server, r.done, r.closeAPI
 	r.server = nil
 	c.mu.Unlock()
 	if srv == nil {
@@ -161,6 +163,7 @@ func (c *Cluster) StopReplica(i int) {
 	}
 	srv.GRPC.Stop() // no grace, no health change: as a killed process
 	<-done
+	closeAPI()
 }
 
 // SetServing flips replica i's health status, as losing or regaining etcd

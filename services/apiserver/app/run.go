@@ -121,10 +121,12 @@ func Run(ctx context.Context, opts Options) error {
 		RequestTimeout:  opts.RequestTimeout,
 		MaxRequestBytes: opts.MaxRequestBytes,
 	})
-	if err := api.Register(srv, reg, leases.New(client, logger.With("subsystem", "leases"))); err != nil {
+	closeAPI, err := api.Register(srv, reg, leases.New(client, logger.With("subsystem", "leases")))
+	if err != nil {
 		cleanup()
 		return fmt.Errorf("apiserver: register the API: %w", err)
 	}
+	cleanups = append(cleanups, closeAPI) // runs after the gRPC server stopped
 	self := &capstanv1.ApiServer{
 		Name:      opts.Name,
 		Address:   opts.AdvertiseAddress,

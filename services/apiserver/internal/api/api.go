@@ -33,8 +33,10 @@ const fieldGracePeriodSeconds = "grace_period_seconds"
 type unaryFunc func(ctx context.Context, req proto.Message) (proto.Message, error)
 
 // Register registers every kind's service on srv: the standard methods
-// served by reg, the lease methods by leaseService.
-func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *leases.Service) error {
+// served by reg, the lease methods by leaseService. The returned close
+// releases the connections to node agents that log streaming opened; call
+// it after srv has stopped.
+func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *leases.Service) (close func(), err error) {
 	special := map[protoreflect.FullName]unaryFunc{
 		"capstan.v1.PodService.BindPod": fenced(func(ctx context.Context, req proto.Message) (proto.Message, error) {
 			pod, err := reg.BindPod(ctx, req.(*capstanv1.BindPodRequest))
@@ -60,11 +62,11 @@ func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *l
 	for _, kind := range resource.All() {
 		desc, err := serviceDesc(kind, reg, special, specialStreams)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		srv.RegisterService(desc, struct{}{})
 	}
-	return nil
+	return logs.Close, nil
 }
 
 func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protoreflect.FullName]unaryFunc, specialStreams map[protoreflect.FullName]grpc.StreamHandler) (*grpc.ServiceDesc, error) {
