@@ -17,6 +17,8 @@ MODULE := github.com/capstan-dev/capstan
 BIN_DIR ?= bin
 STATE_DIR ?= .local
 SERVICES := $(sort $(patsubst services/%/main.go,%,$(wildcard services/*/main.go)))
+# Demo workloads the node agents run (not images: they run inside a node).
+WORKLOADS := $(sort $(patsubst deploy/workloads/%/main.go,%,$(wildcard deploy/workloads/*/main.go)))
 
 # Stamped into every binary (internal/version.Version).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -45,11 +47,11 @@ DOCKER_TESTS_RUNNABLE = { $(DOCKER_OK) && [ -n "$$($(GO) list -tags docker $(DOC
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
 
-build: ## static binaries for every services/*/main.go into bin/
+build: ## static binaries for every services/*/main.go and deploy/workloads/*/main.go into bin/
 	@mkdir -p $(BIN_DIR)
-	@if [ -z "$(SERVICES)" ]; then echo "no services/*/main.go yet: nothing to build"; exit 0; fi; \
-	echo "building $(SERVICES) into $(BIN_DIR)/"; \
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN_DIR)/ $(addprefix ./services/,$(SERVICES))
+	@echo "building $(SERVICES) $(WORKLOADS) into $(BIN_DIR)/"
+	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(BIN_DIR)/ \
+	  $(addprefix ./services/,$(SERVICES)) $(addprefix ./deploy/workloads/,$(WORKLOADS))
 
 generate: ## regenerate gen/ from proto/ (buf, offline)
 	$(TOOL) buf generate
@@ -137,5 +139,6 @@ images: build ## one FROM-scratch image per binary: $(IMAGE_REPO)/<binary>:$(IMA
 clean: ## remove bin/ (the local cluster's state stays: make clean-state)
 	rm -rf $(BIN_DIR)
 
-clean-state: local-down ## stop the local cluster and delete its state
+clean-state: local-down ## stop the local cluster and its pods, and delete its state
+	$(LOCALCLUSTER) kill-pods
 	rm -rf $(STATE_DIR)

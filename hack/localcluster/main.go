@@ -34,7 +34,8 @@ func run() error {
 	grace := flags.Duration("grace", 10*time.Second, "down: how long a process may take to exit after SIGTERM before SIGKILL")
 	readyTimeout := flags.Duration("ready-timeout", localcluster.DefaultReadyTimeout, "up: how long to wait for every process to be ready")
 	flags.Usage = func() {
-		fmt.Fprintln(flags.Output(), "usage: localcluster [flags] up|down|status")
+		fmt.Fprintln(flags.Output(), "usage: localcluster [flags] up|down|kill-pods|status")
+		fmt.Fprintln(flags.Output(), "  down leaves the pods of the node agents running (the next agent adopts them); kill-pods stops them")
 		flags.PrintDefaults()
 	}
 	// Flags may come before or after the command.
@@ -74,6 +75,10 @@ func run() error {
 		return nil
 	case "down":
 		return cluster.Down(ctx, *grace)
+	case "kill-pods":
+		n, err := cluster.KillPods()
+		fmt.Printf("killed %d pod processes\n", n)
+		return err
 	case "status":
 		return printStatus(ctx, cluster)
 	default:

@@ -1,8 +1,9 @@
 // Package localcluster runs a Capstan topology (API servers with embedded
-// etcd members, controller-managers and schedulers, later node agents) as
-// plain local processes: for
-// machines without a Docker engine (`make local-up`) and for integration
-// tests that drive the real binaries.
+// etcd members, controller-managers, schedulers and node agents) as plain
+// local processes: for machines without a Docker engine (`make local-up`)
+// and for integration tests that drive the real binaries. The pods the
+// node agents run are processes too; they outlive their agents, and
+// KillPods stops them.
 //
 // All state is on disk under the topology's state directory, so one runner
 // starts the cluster and a later one finds, stops or restarts it. A process

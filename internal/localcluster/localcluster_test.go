@@ -380,7 +380,8 @@ func TestDefaultTopology(t *testing.T) {
 	}
 	wantNames := []string{"apiserver-1", "apiserver-2", "apiserver-3",
 		"controller-manager-1", "controller-manager-2", "controller-manager-3",
-		"scheduler-1", "scheduler-2", "scheduler-3"}
+		"scheduler-1", "scheduler-2", "scheduler-3",
+		"node-agent-1", "node-agent-2", "node-agent-3"}
 	if !slices.Equal(names, wantNames) {
 		t.Fatalf("processes %v, want %v", names, wantNames)
 	}
@@ -406,6 +407,22 @@ func TestDefaultTopology(t *testing.T) {
 			}
 		}
 	}
+	agent := topo.Processes[10]
+	if want := filepath.Join(wd, "bin", "node-agent"); agent.Binary != want || agent.HealthAddr != "127.0.0.1:10272" || agent.HealthURL != "" {
+		t.Errorf("node-agent-2: binary %s health %q %q", agent.Binary, agent.HealthAddr, agent.HealthURL)
+	}
+	for _, arg := range []string{
+		"--node-name=node-2", "--listen=127.0.0.1:10272", "--address=127.0.0.1",
+		"--server=127.0.0.1:6441,127.0.0.1:6442,127.0.0.1:6443",
+		"--state-dir=" + filepath.Join(wd, ".local", "data", "node-agent-2"),
+	} {
+		if !slices.Contains(agent.Args, arg) {
+			t.Errorf("node-agent-2 args %q lack %q", agent.Args, arg)
+		}
+	}
+	if got := topo.APIAddresses(); len(got) != 3 {
+		t.Errorf("APIAddresses %v: the node agents' addresses are not API servers", got)
+	}
 }
 
 func TestControlPlaneWithoutHTTPPorts(t *testing.T) {
@@ -413,6 +430,9 @@ func TestControlPlaneWithoutHTTPPorts(t *testing.T) {
 	cm := topo.Processes[1]
 	if cm.Name != "controller-manager-1" || cm.HealthURL != "" || !slices.Contains(cm.Args, "--metrics-listen=") {
 		t.Fatalf("controller-manager without an HTTP port: %+v", cm)
+	}
+	if n := len(topo.Processes); n != 3 {
+		t.Fatalf("%d processes, want 3: no node agent without its port", n)
 	}
 }
 

@@ -79,10 +79,11 @@ const (
 	APIServerBinary         = "apiserver"
 	ControllerManagerBinary = "controller-manager"
 	SchedulerBinary         = "scheduler"
+	NodeAgentBinary         = "node-agent"
 )
 
 // ControlPlaneBinaries are the binaries a ControlPlane topology runs.
-var ControlPlaneBinaries = []string{APIServerBinary, ControllerManagerBinary, SchedulerBinary}
+var ControlPlaneBinaries = []string{APIServerBinary, ControllerManagerBinary, SchedulerBinary, NodeAgentBinary}
 
 // MasterPorts are the loopback ports one master's processes listen on.
 type MasterPorts struct {
@@ -96,13 +97,18 @@ type MasterPorts struct {
 	// they run).
 	ControllerManagerHTTP int
 	SchedulerHTTP         int
+	// NodeAgentGRPC is the NodeAgentService port of the worker that goes
+	// with this master (node-agent-<i>, node node-<i>: one worker per
+	// master on loopback); 0 means no worker.
+	NodeAgentGRPC int
 }
 
 // DefaultPorts are the ports of `make local-up`: gRPC 6441-6443 (the ports
 // docker compose publishes too), etcd 12379/12380, 22379/22380,
 // 32379/32380, the conventional etcd ports of a three-member cluster on one
-// host, and HTTP 10251-10253 for the controller-managers and 10261-10263
-// for the schedulers.
+// host, HTTP 10251-10253 for the controller-managers and 10261-10263 for
+// the schedulers, and gRPC 10271-10273 for the node agents (not the
+// kubelet's 10250 and up, which the controller-managers hold here).
 func DefaultPorts() []MasterPorts {
 	ports := make([]MasterPorts, 3)
 	for i := range ports {
@@ -112,6 +118,7 @@ func DefaultPorts() []MasterPorts {
 			EtcdPeer:              (i+1)*10000 + 2380,
 			ControllerManagerHTTP: 10251 + i,
 			SchedulerHTTP:         10261 + i,
+			NodeAgentGRPC:         10271 + i,
 		}
 	}
 	return ports
@@ -123,7 +130,7 @@ func DefaultPorts() []MasterPorts {
 // ports are distinct; another program may still take one before the
 // cluster binds it, which a test sees as a failed start.
 func FreePorts(masters int) ([]MasterPorts, error) {
-	listeners := make([]net.Listener, 0, 5*masters)
+	listeners := make([]net.Listener, 0, 6*masters)
 	defer func() {
 		for _, l := range listeners {
 			l.Close()
@@ -140,7 +147,7 @@ func FreePorts(masters int) ([]MasterPorts, error) {
 	ports := make([]MasterPorts, masters)
 	for i := range ports {
 		p := &ports[i]
-		for _, port := range []*int{&p.GRPC, &p.EtcdClient, &p.EtcdPeer, &p.ControllerManagerHTTP, &p.SchedulerHTTP} {
+		for _, port := range []*int{&p.GRPC, &p.EtcdClient, &p.EtcdPeer, &p.ControllerManagerHTTP, &p.SchedulerHTTP, &p.NodeAgentGRPC} {
 			p, err := next()
 			if err != nil {
 				return nil, err
@@ -152,8 +159,9 @@ func FreePorts(masters int) ([]MasterPorts, error) {
 }
 
 // Default is the topology of `make local-up`: three masters on the default
-// ports, each with an API server, a controller-manager and a scheduler
-// (ControlPlane), binaries from binDir, state under stateDir.
+// ports, each with an API server, a controller-manager and a scheduler,
+// and three workers, each a node agent (ControlPlane), binaries from
+// binDir, state under stateDir.
 func Default(binDir, stateDir string) Topology {
 	return ControlPlane(binDir, stateDir, DefaultPorts())
 }
@@ -164,6 +172,15 @@ func Default(binDir, stateDir string) Topology {
 // /healthz on the master's HTTP ports (none for a port of 0). They come
 // after the API servers, so Down stops them first and a stopping leader can
 // still release its lease.
+//
+// Then come the workers: for each master whose NodeAgentGRPC port is set,
+// node-agent-<i> runs the node node-<i>, with its NodeAgentService on that
+// port (ready once SERVING there: the node is registered) and its state
+// (the runtime's checkpoints and the pods' logs) in its data directory.
+// They are last, so Down stops them first, each releasing its node lease
+// while the API servers are still up. Stopping a node agent leaves its
+// pods' processes running (the next one adopts them): Down stops the
+// cluster, not the workloads; KillPods stops those.
 func ControlPlane(binDir, stateDir string, ports []MasterPorts) Topology {
 	topo := Stacked(binDir, stateDir, ports)
 	servers := "--server=" + strings.Join(topo.APIAddresses(), ",")
@@ -187,6 +204,25 @@ func ControlPlane(binDir, stateDir string, ports []MasterPorts) Topology {
 	}
 	for i, p := range ports {
 		topo.Processes = append(topo.Processes, component(SchedulerBinary, i, p.SchedulerHTTP))
+	}
+	for i, p := range ports {
+		if p.NodeAgentGRPC == 0 {
+			continue
+		}
+		name := fmt.Sprintf("%s-%d", NodeAgentBinary, i+1)
+		listen := fmt.Sprintf("127.0.0.1:%d", p.NodeAgentGRPC)
+		topo.Processes = append(topo.Processes, Process{
+			Name:   name,
+			Binary: filepath.Join(binDir, NodeAgentBinary),
+			Args: []string{
+				"--node-name=" + nodeName(i),
+				servers,
+				"--address=127.0.0.1",
+				"--listen=" + listen,
+				"--state-dir=" + topo.DataDir(name),
+			},
+			HealthAddr: listen,
+		})
 	}
 	return topo
 }
@@ -232,10 +268,9 @@ func Stacked(binDir, stateDir string, ports []MasterPorts) Topology {
 			HealthAddr:    grpcAddr,
 		})
 	}
-	// ControlPlane adds the lease-gated components; the workers
-	// (node-agent-<j>) will follow them. Up starts processes in this order,
-	// and Down stops them in reverse, so clients stop before the API
-	// servers.
+	// ControlPlane adds the lease-gated components and the workers
+	// (node-agent-<i>). Up starts processes in this order, and Down stops
+	// them in reverse, so clients stop before the API servers.
 	return topo
 }
 
@@ -249,3 +284,5 @@ func absPath(path string) string {
 }
 
 func masterName(i int) string { return fmt.Sprintf("master-%d", i+1) }
+
+func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }

@@ -1,5 +1,5 @@
 // Command capctl controls a Capstan cluster, the way kubectl controls
-// Kubernetes: get, describe, apply, delete, scale, rollout status and
+// Kubernetes: get, describe, apply, delete, scale, rollout status, logs and
 // cluster status. See package services/capctl/internal/cmd.
 package main
 

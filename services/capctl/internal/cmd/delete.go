@@ -16,6 +16,8 @@ type deleteOptions struct {
 	labelSelector  string
 	all            bool
 	ignoreNotFound bool
+	gracePeriod    int64 // negative: the pod's own
+	force          bool
 }
 
 // deleteTarget is one object to delete.
@@ -34,7 +36,19 @@ func newDeleteCommand(g *globals) *cobra.Command {
   capctl delete pods web-1 web-2
   capctl delete pods -l app=web
   capctl delete -f web.yaml
-  capctl delete configmap settings --ignore-not-found`,
+  capctl delete configmap settings --ignore-not-found
+  capctl delete pod web --grace-period=5
+  capctl delete pod web --force`,
+		Long: `Delete objects by name, by label, or as listed in manifests.
+
+A pod bound to a node is deleted gracefully: it is marked for deletion, its
+node agent stops its containers (SIGTERM, then SIGKILL after the grace
+period) and then removes it; until then "get" shows it. --grace-period
+overrides the pod's termination_grace_period_seconds. --force (or
+--grace-period=0) removes the pod from the API at once, without waiting for
+its node agent to confirm that the containers stopped; the agent stops them
+when it sees the pod gone. Other kinds are deleted at once and ignore both
+flags.`,
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, g, args) },
 	}
 	f := cmd.Flags()
@@ -42,7 +56,26 @@ func newDeleteCommand(g *globals) *cobra.Command {
 	f.StringVarP(&o.labelSelector, "selector", "l", "", "delete the objects of KIND that match this label selector")
 	f.BoolVar(&o.all, "all", false, "delete every object of KIND in the namespace")
 	f.BoolVar(&o.ignoreNotFound, "ignore-not-found", false, "treat an object that does not exist as deleted")
+	f.Int64Var(&o.gracePeriod, "grace-period", -1, "seconds a pod's containers get between SIGTERM and SIGKILL (-1: the pod's own; 0: as --force)")
+	f.BoolVar(&o.force, "force", false, "remove pods from the API at once, without waiting for their node agents to stop them")
 	return cmd
+}
+
+// clientOptions are the client.DeleteOptions of --grace-period and --force,
+// after checking that they agree.
+func (o *deleteOptions) clientOptions(cmd *cobra.Command, g *globals) ([]client.DeleteOption, error) {
+	switch {
+	case o.force && o.gracePeriod > 0:
+		return nil, usagef(cmd, "--force and --grace-period greater than 0 cannot be specified together")
+	case o.gracePeriod < -1:
+		return nil, usagef(cmd, "--grace-period must be -1 (the pod's own), 0 or more, not %d", o.gracePeriod)
+	case o.force || o.gracePeriod == 0:
+		fmt.Fprintln(g.streams.ErrOut, "warning: Immediate deletion does not wait for confirmation that the running resource has been terminated. The resource may continue to run on the cluster indefinitely.")
+		return []client.DeleteOption{client.GracePeriod(0)}, nil
+	case o.gracePeriod > 0:
+		return []client.DeleteOption{client.GracePeriod(o.gracePeriod)}, nil
+	}
+	return nil, nil
 }
 
 func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error {
@@ -58,6 +91,10 @@ func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error
 		return usagef(cmd, "give either names or --selector/--all, not both")
 	case len(o.files) == 0 && !byName && !selecting:
 		return usagef(cmd, "name the %s to delete, or select them with -l SELECTOR or --all", args[0])
+	}
+	deleteOpts, err := o.clientOptions(cmd, g)
+	if err != nil {
+		return err
 	}
 	var targets []deleteTarget
 	if len(o.files) > 0 {
@@ -95,8 +132,10 @@ func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error
 	}
 	failures := 0
 	for _, t := range targets {
-		_, err := c.Delete(ctx, t.kind, t.namespace, t.name, nil)
+		_, err := c.Delete(ctx, t.kind, t.namespace, t.name, nil, deleteOpts...)
 		switch {
+		case err == nil && (o.force || o.gracePeriod == 0) && t.kind == podKind:
+			fmt.Fprintf(g.streams.Out, "%s %q force deleted\n", t.kindWord(), t.name)
 		case err == nil:
 			fmt.Fprintf(g.streams.Out, "%s %q deleted\n", t.kindWord(), t.name)
 		case apierrors.IsNotFound(err) && o.ignoreNotFound:

@@ -1,6 +1,6 @@
 // Package cmd is capctl's command line: the cobra commands (get, describe,
-// apply, delete, scale, rollout status, cluster status), their flags, and
-// how errors reach the user.
+// apply, delete, scale, rollout status, logs, cluster status), their flags,
+// and how errors reach the user.
 // Rendering lives in package printer and manifest parsing in package
 // manifest; this package only connects them to the API client.
 //
@@ -137,7 +137,7 @@ It talks gRPC to any of the API replicas (--server, else $CAPSTAN_SERVER, else
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log retries and failovers on stderr")
 
 	root.AddCommand(newGetCommand(g), newDescribeCommand(g), newApplyCommand(g), newDeleteCommand(g),
-		newScaleCommand(g), newRolloutCommand(g), newClusterCommand(g))
+		newScaleCommand(g), newRolloutCommand(g), newClusterCommand(g), newLogsCommand(g))
 	return root
 }
 

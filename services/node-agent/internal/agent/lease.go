@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/wellknown"
+)
+
+// releaseTimeout bounds the release of the node lease on shutdown.
+const releaseTimeout = 2 * time.Second
+
+// runLease holds the node lease capstan-node-lease/<node> until ctx ends,
+// then releases it. A node lease is a heartbeat, not a leadership: losing
+// it (LEASE_NOT_HELD, or no renewal within its TTL while the API was away)
+// means only that the node looked dead for a while, so the agent takes it
+// again as soon as it can and goes on running its pods meanwhile.
+func (a *Agent) runLease(ctx context.Context) {
+	ttl := a.cfg.LeaseDuration
+	period := ttl / 3
+	var (
+		epoch     int64
+		renewedAt time.Time // when the last successful acquire or renew was sent
+		failing   bool      // the last attempt failed (logged once per episode)
+	)
+	failed := func(what string, err error) {
+		if !failing {
+			a.log.Warn("node lease: "+what+" failed; retrying", "error", err)
+		} else {
+			a.log.Debug("node lease: "+what+" failed again", "error", err)
+		}
+		failing = true
+	}
+	for {
+		attempt := a.clock.Now()
+		if epoch == 0 {
+			got, holder, err := a.acquireLease(ctx)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				failed("acquire", err)
+			case got == 0:
+				failed("acquire", errHeldBy(holder))
+			default:
+				epoch, renewedAt, failing = got, attempt, false
+				a.log.Info("holding the node lease", "lease", wellknown.NodeLeaseNamespace+"/"+a.cfg.NodeName, "epoch", epoch)
+				// The node may have been marked Ready=Unknown while the
+				// lease was missing: say Ready again now.
+				a.pokeNodeStatus(true)
+			}
+		} else {
+			err := a.renewLease(ctx, epoch)
+			switch {
+			case ctx.Err() != nil:
+			case err == nil:
+				if failing {
+					a.log.Info("node lease renewed again", "epoch", epoch)
+				}
+				renewedAt, failing = attempt, false
+			case apierrors.Is(err, apierrors.ReasonLeaseNotHeld):
+				a.log.Warn("node lease lost (the node looked dead for a while); acquiring it again", "epoch", epoch)
+				epoch, failing = 0, false
+				continue
+			case a.clock.Since(renewedAt) >= ttl:
+				a.log.Warn("node lease not renewed within its TTL: it has expired; acquiring it again", "epoch", epoch, "error", err)
+				epoch, failing = 0, true
+			default:
+				failed("renew", err)
+			}
+		}
+		if !a.sleepCtx(ctx, attempt.Add(period).Sub(a.clock.Now())) {
+			break
+		}
+	}
+	if epoch != 0 {
+		a.releaseLease(context.WithoutCancel(ctx), epoch)
+	}
+}
+
+type errHeldBy string
+
+func (e errHeldBy) Error() string { return "the node lease is held by " + string(e) }
+
+// acquireLease takes the node lease and returns its epoch; 0 and the holder
+// if another identity holds it. A holding under the node's own name (a
+// previous run of this agent, or an acquisition whose answer was lost) is
+// taken over: renewing it proves it is still there.
+func (a *Agent) acquireLease(ctx context.Context) (epoch int64, holder string, err error) {
+	callCtx, cancel := context.WithTimeout(ctx, a.cfg.LeaseDuration/2)
+	defer cancel()
+	resp, err := a.client.Leases().AcquireLease(callCtx, &capstanv1.AcquireLeaseRequest{
+		Namespace:            wellknown.NodeLeaseNamespace,
+		Name:                 a.cfg.NodeName,
+		HolderIdentity:       a.cfg.NodeName,
+		LeaseDurationSeconds: int32(a.cfg.LeaseDuration / time.Second),
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	lease := resp.GetLease()
+	if resp.GetAcquired() {
+		return lease.GetStatus().GetEpoch(), a.cfg.NodeName, nil
+	}
+	if holder = lease.GetSpec().GetHolderIdentity(); holder != a.cfg.NodeName {
+		return 0, holder, nil
+	}
+	epoch = lease.GetStatus().GetEpoch()
+	if err := a.renewLease(ctx, epoch); err != nil {
+		return 0, "", err
+	}
+	return epoch, holder, nil
+}
+
+func (a *Agent) renewLease(ctx context.Context, epoch int64) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.LeaseDuration/2)
+	defer cancel()
+	_, err := a.client.Leases().RenewLease(ctx, &capstanv1.RenewLeaseRequest{
+		Namespace:      wellknown.NodeLeaseNamespace,
+		Name:           a.cfg.NodeName,
+		HolderIdentity: a.cfg.NodeName,
+		Epoch:          epoch,
+	})
+	return err
+}
+
+// releaseLease gives the lease up, so that the node is seen stopped at once
+// rather than one TTL later.
+func (a *Agent) releaseLease(ctx context.Context, epoch int64) {
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	_, err := a.client.Leases().ReleaseLease(ctx, &capstanv1.ReleaseLeaseRequest{
+		Namespace:      wellknown.NodeLeaseNamespace,
+		Name:           a.cfg.NodeName,
+		HolderIdentity: a.cfg.NodeName,
+		Epoch:          epoch,
+	})
+	switch {
+	case err == nil:
+		a.log.Info("released the node lease", "epoch", epoch)
+	case apierrors.Is(err, apierrors.ReasonLeaseNotHeld):
+		a.log.Info("the node lease was already gone at shutdown", "epoch", epoch)
+	default:
+		a.log.Warn("could not release the node lease; it expires by itself", "epoch", epoch, "error", err)
+	}
+}
