@@ -1026,7 +1026,12 @@ type ContainerStatus struct {
 	// State before the last restart.
 	LastState *ContainerState `protobuf:"bytes,5,opt,name=last_state,json=lastState,proto3" json:"last_state,omitempty"`
 	// Whether the container has started (and passed its startup delay).
-	Started       bool `protobuf:"varint,6,opt,name=started,proto3" json:"started,omitempty"`
+	Started bool `protobuf:"varint,6,opt,name=started,proto3" json:"started,omitempty"`
+	// The container's ports as the node agent allocated them: container_port
+	// as declared, host_port the port on the node where it really listens
+	// (pods share the node's network, so each gets its own; the process finds
+	// it in $PORT for its first port, $CAPSTAN_PORT_<container_port> for each).
+	Ports         []*ContainerPort `protobuf:"bytes,7,rep,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1101,6 +1106,13 @@ func (x *ContainerStatus) GetStarted() bool {
 		return x.Started
 	}
 	return false
+}
+
+func (x *ContainerStatus) GetPorts() []*ContainerPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
 }
 
 // ContainerState is exactly one of waiting, running, terminated.
@@ -2495,7 +2507,7 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12J\n" +
 	"\x12container_statuses\x18\b \x03(\v2\x1b.capstan.v1.ContainerStatusR\x11containerStatuses\x12/\n" +
-	"\x13observed_generation\x18\t \x01(\x03R\x12observedGeneration\"\xe7\x01\n" +
+	"\x13observed_generation\x18\t \x01(\x03R\x12observedGeneration\"\x98\x02\n" +
 	"\x0fContainerStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12#\n" +
@@ -2503,7 +2515,8 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\x05state\x18\x04 \x01(\v2\x1a.capstan.v1.ContainerStateR\x05state\x129\n" +
 	"\n" +
 	"last_state\x18\x05 \x01(\v2\x1a.capstan.v1.ContainerStateR\tlastState\x12\x18\n" +
-	"\astarted\x18\x06 \x01(\bR\astarted\"\xd0\x01\n" +
+	"\astarted\x18\x06 \x01(\bR\astarted\x12/\n" +
+	"\x05ports\x18\a \x03(\v2\x19.capstan.v1.ContainerPortR\x05ports\"\xd0\x01\n" +
 	"\x0eContainerState\x12;\n" +
 	"\awaiting\x18\x01 \x01(\v2!.capstan.v1.ContainerStateWaitingR\awaiting\x12;\n" +
 	"\arunning\x18\x02 \x01(\v2!.capstan.v1.ContainerStateRunningR\arunning\x12D\n" +
@@ -2683,48 +2696,49 @@ var file_capstan_v1_pod_proto_depIdxs = []int32{
 	13, // 20: capstan.v1.PodStatus.container_statuses:type_name -> capstan.v1.ContainerStatus
 	14, // 21: capstan.v1.ContainerStatus.state:type_name -> capstan.v1.ContainerState
 	14, // 22: capstan.v1.ContainerStatus.last_state:type_name -> capstan.v1.ContainerState
-	15, // 23: capstan.v1.ContainerState.waiting:type_name -> capstan.v1.ContainerStateWaiting
-	16, // 24: capstan.v1.ContainerState.running:type_name -> capstan.v1.ContainerStateRunning
-	17, // 25: capstan.v1.ContainerState.terminated:type_name -> capstan.v1.ContainerStateTerminated
-	41, // 26: capstan.v1.ContainerStateRunning.started_at:type_name -> google.protobuf.Timestamp
-	41, // 27: capstan.v1.ContainerStateTerminated.started_at:type_name -> google.protobuf.Timestamp
-	41, // 28: capstan.v1.ContainerStateTerminated.finished_at:type_name -> google.protobuf.Timestamp
-	0,  // 29: capstan.v1.CreatePodRequest.pod:type_name -> capstan.v1.Pod
-	0,  // 30: capstan.v1.CreatePodResponse.pod:type_name -> capstan.v1.Pod
-	0,  // 31: capstan.v1.GetPodResponse.pod:type_name -> capstan.v1.Pod
-	0,  // 32: capstan.v1.ListPodsResponse.pods:type_name -> capstan.v1.Pod
-	0,  // 33: capstan.v1.UpdatePodRequest.pod:type_name -> capstan.v1.Pod
-	0,  // 34: capstan.v1.UpdatePodResponse.pod:type_name -> capstan.v1.Pod
-	0,  // 35: capstan.v1.UpdatePodStatusRequest.pod:type_name -> capstan.v1.Pod
-	0,  // 36: capstan.v1.UpdatePodStatusResponse.pod:type_name -> capstan.v1.Pod
-	42, // 37: capstan.v1.DeletePodRequest.preconditions:type_name -> capstan.v1.Preconditions
-	0,  // 38: capstan.v1.DeletePodResponse.pod:type_name -> capstan.v1.Pod
-	43, // 39: capstan.v1.WatchPodsResponse.type:type_name -> capstan.v1.WatchEventType
-	0,  // 40: capstan.v1.WatchPodsResponse.pod:type_name -> capstan.v1.Pod
-	0,  // 41: capstan.v1.BindPodResponse.pod:type_name -> capstan.v1.Pod
-	18, // 42: capstan.v1.PodService.CreatePod:input_type -> capstan.v1.CreatePodRequest
-	20, // 43: capstan.v1.PodService.GetPod:input_type -> capstan.v1.GetPodRequest
-	22, // 44: capstan.v1.PodService.ListPods:input_type -> capstan.v1.ListPodsRequest
-	24, // 45: capstan.v1.PodService.UpdatePod:input_type -> capstan.v1.UpdatePodRequest
-	26, // 46: capstan.v1.PodService.UpdatePodStatus:input_type -> capstan.v1.UpdatePodStatusRequest
-	28, // 47: capstan.v1.PodService.DeletePod:input_type -> capstan.v1.DeletePodRequest
-	30, // 48: capstan.v1.PodService.WatchPods:input_type -> capstan.v1.WatchPodsRequest
-	32, // 49: capstan.v1.PodService.BindPod:input_type -> capstan.v1.BindPodRequest
-	34, // 50: capstan.v1.PodService.StreamPodLogs:input_type -> capstan.v1.StreamPodLogsRequest
-	19, // 51: capstan.v1.PodService.CreatePod:output_type -> capstan.v1.CreatePodResponse
-	21, // 52: capstan.v1.PodService.GetPod:output_type -> capstan.v1.GetPodResponse
-	23, // 53: capstan.v1.PodService.ListPods:output_type -> capstan.v1.ListPodsResponse
-	25, // 54: capstan.v1.PodService.UpdatePod:output_type -> capstan.v1.UpdatePodResponse
-	27, // 55: capstan.v1.PodService.UpdatePodStatus:output_type -> capstan.v1.UpdatePodStatusResponse
-	29, // 56: capstan.v1.PodService.DeletePod:output_type -> capstan.v1.DeletePodResponse
-	31, // 57: capstan.v1.PodService.WatchPods:output_type -> capstan.v1.WatchPodsResponse
-	33, // 58: capstan.v1.PodService.BindPod:output_type -> capstan.v1.BindPodResponse
-	35, // 59: capstan.v1.PodService.StreamPodLogs:output_type -> capstan.v1.StreamPodLogsResponse
-	51, // [51:60] is the sub-list for method output_type
-	42, // [42:51] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	5,  // 23: capstan.v1.ContainerStatus.ports:type_name -> capstan.v1.ContainerPort
+	15, // 24: capstan.v1.ContainerState.waiting:type_name -> capstan.v1.ContainerStateWaiting
+	16, // 25: capstan.v1.ContainerState.running:type_name -> capstan.v1.ContainerStateRunning
+	17, // 26: capstan.v1.ContainerState.terminated:type_name -> capstan.v1.ContainerStateTerminated
+	41, // 27: capstan.v1.ContainerStateRunning.started_at:type_name -> google.protobuf.Timestamp
+	41, // 28: capstan.v1.ContainerStateTerminated.started_at:type_name -> google.protobuf.Timestamp
+	41, // 29: capstan.v1.ContainerStateTerminated.finished_at:type_name -> google.protobuf.Timestamp
+	0,  // 30: capstan.v1.CreatePodRequest.pod:type_name -> capstan.v1.Pod
+	0,  // 31: capstan.v1.CreatePodResponse.pod:type_name -> capstan.v1.Pod
+	0,  // 32: capstan.v1.GetPodResponse.pod:type_name -> capstan.v1.Pod
+	0,  // 33: capstan.v1.ListPodsResponse.pods:type_name -> capstan.v1.Pod
+	0,  // 34: capstan.v1.UpdatePodRequest.pod:type_name -> capstan.v1.Pod
+	0,  // 35: capstan.v1.UpdatePodResponse.pod:type_name -> capstan.v1.Pod
+	0,  // 36: capstan.v1.UpdatePodStatusRequest.pod:type_name -> capstan.v1.Pod
+	0,  // 37: capstan.v1.UpdatePodStatusResponse.pod:type_name -> capstan.v1.Pod
+	42, // 38: capstan.v1.DeletePodRequest.preconditions:type_name -> capstan.v1.Preconditions
+	0,  // 39: capstan.v1.DeletePodResponse.pod:type_name -> capstan.v1.Pod
+	43, // 40: capstan.v1.WatchPodsResponse.type:type_name -> capstan.v1.WatchEventType
+	0,  // 41: capstan.v1.WatchPodsResponse.pod:type_name -> capstan.v1.Pod
+	0,  // 42: capstan.v1.BindPodResponse.pod:type_name -> capstan.v1.Pod
+	18, // 43: capstan.v1.PodService.CreatePod:input_type -> capstan.v1.CreatePodRequest
+	20, // 44: capstan.v1.PodService.GetPod:input_type -> capstan.v1.GetPodRequest
+	22, // 45: capstan.v1.PodService.ListPods:input_type -> capstan.v1.ListPodsRequest
+	24, // 46: capstan.v1.PodService.UpdatePod:input_type -> capstan.v1.UpdatePodRequest
+	26, // 47: capstan.v1.PodService.UpdatePodStatus:input_type -> capstan.v1.UpdatePodStatusRequest
+	28, // 48: capstan.v1.PodService.DeletePod:input_type -> capstan.v1.DeletePodRequest
+	30, // 49: capstan.v1.PodService.WatchPods:input_type -> capstan.v1.WatchPodsRequest
+	32, // 50: capstan.v1.PodService.BindPod:input_type -> capstan.v1.BindPodRequest
+	34, // 51: capstan.v1.PodService.StreamPodLogs:input_type -> capstan.v1.StreamPodLogsRequest
+	19, // 52: capstan.v1.PodService.CreatePod:output_type -> capstan.v1.CreatePodResponse
+	21, // 53: capstan.v1.PodService.GetPod:output_type -> capstan.v1.GetPodResponse
+	23, // 54: capstan.v1.PodService.ListPods:output_type -> capstan.v1.ListPodsResponse
+	25, // 55: capstan.v1.PodService.UpdatePod:output_type -> capstan.v1.UpdatePodResponse
+	27, // 56: capstan.v1.PodService.UpdatePodStatus:output_type -> capstan.v1.UpdatePodStatusResponse
+	29, // 57: capstan.v1.PodService.DeletePod:output_type -> capstan.v1.DeletePodResponse
+	31, // 58: capstan.v1.PodService.WatchPods:output_type -> capstan.v1.WatchPodsResponse
+	33, // 59: capstan.v1.PodService.BindPod:output_type -> capstan.v1.BindPodResponse
+	35, // 60: capstan.v1.PodService.StreamPodLogs:output_type -> capstan.v1.StreamPodLogsResponse
+	52, // [52:61] is the sub-list for method output_type
+	43, // [43:52] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_capstan_v1_pod_proto_init() }

@@ -34,7 +34,8 @@ const (
 type podCheckpoint struct {
 	Version   int             `json:"version"`
 	StartTime time.Time       `json:"startTime"`
-	Pod       json.RawMessage `json:"pod"` // protojson: metadata (uid, name, namespace) and spec
+	Pod       json.RawMessage `json:"pod"`             // protojson: metadata (uid, name, namespace) and spec
+	Ports     map[int32]int32 `json:"ports,omitempty"` // declared container port → node port
 }
 
 // containerCheckpoint is written when a container starts and when it ends.
@@ -113,7 +114,7 @@ func writeFileAtomic(path string, data []byte) error {
 	return nil
 }
 
-func writePodCheckpoint(dir string, startTime time.Time, pod *capstanv1.Pod) error {
+func writePodCheckpoint(dir string, startTime time.Time, pod *capstanv1.Pod, ports map[int32]int32) error {
 	saved := &capstanv1.Pod{
 		Metadata: &capstanv1.ObjectMeta{
 			Uid:       pod.GetMetadata().GetUid(),
@@ -126,7 +127,7 @@ func writePodCheckpoint(dir string, startTime time.Time, pod *capstanv1.Pod) err
 	if err != nil {
 		return fmt.Errorf("encode pod checkpoint: %w", err)
 	}
-	data, err := json.MarshalIndent(podCheckpoint{Version: checkpointFormatVersion, StartTime: startTime, Pod: raw}, "", "  ")
+	data, err := json.MarshalIndent(podCheckpoint{Version: checkpointFormatVersion, StartTime: startTime, Pod: raw, Ports: ports}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode pod checkpoint: %w", err)
 	}
@@ -136,23 +137,23 @@ func writePodCheckpoint(dir string, startTime time.Time, pod *capstanv1.Pod) err
 	return nil
 }
 
-func readPodCheckpoint(dir string) (time.Time, *capstanv1.Pod, error) {
+func readPodCheckpoint(dir string) (time.Time, *capstanv1.Pod, map[int32]int32, error) {
 	data, err := os.ReadFile(filepath.Join(dir, podCheckpointFile))
 	if err != nil {
-		return time.Time{}, nil, err
+		return time.Time{}, nil, nil, err
 	}
 	var cp podCheckpoint
 	if err := json.Unmarshal(data, &cp); err != nil {
-		return time.Time{}, nil, fmt.Errorf("decode %s: %w", podCheckpointFile, err)
+		return time.Time{}, nil, nil, fmt.Errorf("decode %s: %w", podCheckpointFile, err)
 	}
 	if cp.Version != checkpointFormatVersion {
-		return time.Time{}, nil, fmt.Errorf("%s: format version %d, want %d", podCheckpointFile, cp.Version, checkpointFormatVersion)
+		return time.Time{}, nil, nil, fmt.Errorf("%s: format version %d, want %d", podCheckpointFile, cp.Version, checkpointFormatVersion)
 	}
 	pod := &capstanv1.Pod{}
 	if err := protojson.Unmarshal(cp.Pod, pod); err != nil {
-		return time.Time{}, nil, fmt.Errorf("decode pod in %s: %w", podCheckpointFile, err)
+		return time.Time{}, nil, nil, fmt.Errorf("decode pod in %s: %w", podCheckpointFile, err)
 	}
-	return cp.StartTime, pod, nil
+	return cp.StartTime, pod, cp.Ports, nil
 }
 
 func containerCheckpointPath(podDir, container string) string {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -147,6 +146,7 @@ func (c *container) statusLocked() *capstanv1.ContainerStatus {
 	if st.LastState.Terminated == nil {
 		st.LastState = nil
 	}
+	st.Ports = c.pod.ports.statuses(c.spec)
 	return st
 }
 
@@ -179,9 +179,7 @@ func firstPort(c *capstanv1.Container) int32 {
 // same name replacing earlier ones.
 func (c *container) environment(spec *capstanv1.Container) []string {
 	vars := baseEnv()
-	if port := firstPort(spec); port > 0 {
-		vars = append(vars, [2]string{EnvPort, strconv.Itoa(int(port))})
-	}
+	vars = append(vars, c.pod.ports.env(spec)...)
 	vars = append(vars,
 		[2]string{EnvPodName, c.pod.name},
 		[2]string{EnvPodNamespace, c.pod.namespace},

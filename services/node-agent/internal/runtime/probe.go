@@ -156,7 +156,7 @@ func (c *container) probeOnce(ctx context.Context, pr *capstanv1.Probe, env []st
 	case pr.GetHttpGet() != nil:
 		return c.httpProbe(ctx, pr.GetHttpGet())
 	case pr.GetTcpSocket() != nil:
-		return tcpProbe(ctx, pr.GetTcpSocket())
+		return tcpProbe(ctx, pr.GetTcpSocket(), c.pod.ports.nodePort(pr.GetTcpSocket().GetPort()))
 	default:
 		return errors.New("probe has no exec, http_get or tcp_socket")
 	}
@@ -198,7 +198,8 @@ func (c *container) httpProbe(ctx context.Context, action *capstanv1.HttpGetActi
 	if path == "" || path[0] != '/' {
 		path = "/" + path
 	}
-	url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(action.GetPort()))) + path
+	port := c.pod.ports.nodePort(action.GetPort())
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(port))) + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return fmt.Errorf("http probe: %w", err)
@@ -215,13 +216,13 @@ func (c *container) httpProbe(ctx context.Context, action *capstanv1.HttpGetActi
 	return nil
 }
 
-func tcpProbe(ctx context.Context, action *capstanv1.TcpSocketAction) error {
+func tcpProbe(ctx context.Context, action *capstanv1.TcpSocketAction, port int32) error {
 	host := action.GetHost()
 	if host == "" {
 		host = defaultProbeHost
 	}
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(action.GetPort()))))
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
 	if err != nil {
 		return fmt.Errorf("tcp probe: %w", err)
 	}

@@ -168,6 +168,7 @@ type pod struct {
 	startTime            time.Time
 
 	spec       *capstanv1.PodSpec
+	ports      *portMap     // declared container ports → node ports
 	containers []*container // spec order
 	stopping   []*container // dropped from the spec, being stopped
 	killing    bool         // KillPod has begun: no more SyncPod
@@ -362,6 +363,7 @@ func (rt *ProcessRuntime) SyncPod(ctx context.Context, want *capstanv1.Pod) erro
 			name:      want.GetMetadata().GetName(),
 			dir:       filepath.Join(rt.podsDir(), uid),
 			startTime: rt.clock.Now(),
+			ports:     newPortMap(nil),
 		}
 		if err := os.MkdirAll(p.dir, 0o755); err != nil {
 			return fmt.Errorf("runtime: create pod directory: %w", err)
@@ -375,7 +377,10 @@ func (rt *ProcessRuntime) SyncPod(ctx context.Context, want *capstanv1.Pod) erro
 	if proto.Equal(p.spec, want.GetSpec()) {
 		return nil
 	}
-	if err := writePodCheckpoint(p.dir, p.startTime, want); err != nil {
+	if err := p.ports.ensure(want.GetSpec()); err != nil {
+		return fmt.Errorf("runtime: pod %s: %w", uid, err)
+	}
+	if err := writePodCheckpoint(p.dir, p.startTime, want, p.ports.snapshot()); err != nil {
 		// Without it a restarted agent cannot adopt this pod, but the pod
 		// itself can run: log and go on.
 		rt.log.Error("pod checkpoint not written", "pod-uid", uid, "err", err)
@@ -503,7 +508,7 @@ func (rt *ProcessRuntime) adoptAll() {
 			continue
 		}
 		dir := filepath.Join(rt.podsDir(), e.Name())
-		startTime, spec, err := readPodCheckpoint(dir)
+		startTime, spec, ports, err := readPodCheckpoint(dir)
 		if err == nil {
 			err = validatePod(spec)
 		}
@@ -514,11 +519,11 @@ func (rt *ProcessRuntime) adoptAll() {
 			rt.log.Warn("pod directory without a usable checkpoint: skipped", "dir", dir, "err", err)
 			continue
 		}
-		rt.adoptPod(dir, startTime, spec)
+		rt.adoptPod(dir, startTime, spec, ports)
 	}
 }
 
-func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capstanv1.Pod) {
+func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capstanv1.Pod, ports map[int32]int32) {
 	p := &pod{
 		uid:       saved.GetMetadata().GetUid(),
 		namespace: saved.GetMetadata().GetNamespace(),
@@ -526,6 +531,7 @@ func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capst
 		dir:       dir,
 		startTime: startTime,
 		spec:      saved.GetSpec(),
+		ports:     newPortMap(ports),
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()

@@ -103,8 +103,13 @@ func TestStartRunning(t *testing.T) {
 		return strings.Contains(out, "oops"), out
 	})
 	out := logsOf(t, rt, "u-start", "app", LogOptions{TailLines: -1})
+	// PORT is the node port the runtime gave declared port 8081.
+	if len(cs.GetPorts()) == 0 || cs.GetPorts()[0].GetContainerPort() != 8081 || cs.GetPorts()[0].GetHostPort() <= 0 {
+		t.Fatalf("container ports %v, want 8081 mapped to a node port", cs.GetPorts())
+	}
+	nodePort := strconv.Itoa(int(cs.GetPorts()[0].GetHostPort()))
 	for _, want := range []string{
-		"env 8081 pod-u-start default " + testNode + " hello",
+		"env " + nodePort + " pod-u-start default " + testNode + " hello",
 		"cwd " + workDir(rt, "u-start"),
 		"oops",
 	} {
@@ -480,15 +485,17 @@ func TestEchoWorkload(t *testing.T) {
 	}
 	pod := testPod("u-echo", "", 10, c)
 	syncPod(t, rt, pod)
-	waitContainer(t, rt, "u-echo", "echo", "ready", func(cs *capstanv1.ContainerStatus) bool { return cs.GetReady() })
-	if body := httpGet(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/"); body != "pod-u-echo on "+testNode+"\n" {
+	cs := waitContainer(t, rt, "u-echo", "echo", "ready", func(cs *capstanv1.ContainerStatus) bool { return cs.GetReady() })
+	// The probes reached the node port the declared port was mapped to.
+	nodePort := strconv.Itoa(int(cs.GetPorts()[0].GetHostPort()))
+	if body := httpGet(t, "http://127.0.0.1:"+nodePort+"/"); body != "pod-u-echo on "+testNode+"\n" {
 		t.Errorf("echo answered %q", body)
 	}
 
 	changed := proto.CloneOf(pod)
 	changed.Spec.Containers[0].Env = append(changed.Spec.Containers[0].Env, &capstanv1.EnvVar{Name: "VERSION", Value: "2"})
 	syncPod(t, rt, changed)
-	cs := waitContainer(t, rt, "u-echo", "echo", "restarted and ready", func(cs *capstanv1.ContainerStatus) bool {
+	cs = waitContainer(t, rt, "u-echo", "echo", "restarted and ready", func(cs *capstanv1.ContainerStatus) bool {
 		return cs.GetRestartCount() == 1 && cs.GetReady()
 	})
 	if term := cs.GetLastState().GetTerminated(); term.GetExitCode() != 0 || term.GetReason() != ReasonCompleted {
