@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,8 +31,8 @@ import (
 
 const (
 	replicaCount = 3
-	// buildTimeout bounds building the apiserver binary when
-	// $CAPSTAN_BIN_DIR does not have it (a cold build takes ~40 s here).
+	// buildTimeout bounds building the binaries when $CAPSTAN_BIN_DIR
+	// does not have them (a cold build of one takes ~40 s here).
 	buildTimeout = 4 * time.Minute
 	// readyTimeout bounds each wait for every replica to be SERVING.
 	readyTimeout = 60 * time.Second
@@ -53,6 +54,11 @@ type testCluster struct {
 	names    []string
 	addrs    []string
 	etcdURLs []string
+	// candidates are the processes of each lease-gated component, by its
+	// lease name (controller-manager, scheduler); a process's identity is
+	// its name. healthURLs are their /healthz URLs.
+	candidates map[string][]string
+	healthURLs map[string]string
 
 	mu sync.Mutex
 	// broken is why an earlier test left the cluster unusable; later tests
@@ -137,12 +143,12 @@ func stopShared() error {
 }
 
 // sharedCluster returns the shared cluster, starting it on first use, and
-// waits until every replica is SERVING. A test that disturbs the cluster
-// calls restoreAfter.
+// waits until every process is ready (every API replica SERVING). A test
+// that disturbs the cluster calls restoreAfter.
 func sharedCluster(t *testing.T) *testCluster {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("e2e: starts three real API servers")
+		t.Skip("e2e: starts a real control plane of separate processes")
 	}
 	sharedOnce.Do(func() { shared, sharedErr = startCluster() })
 	if sharedErr != nil {
@@ -176,7 +182,7 @@ func startCluster() (*testCluster, error) {
 	sharedRootDir = root
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	binDir, err := localcluster.FindOrBuildBinaries(ctx, filepath.Join(root, "bin"), localcluster.APIServerBinary)
+	binDir, err := localcluster.FindOrBuildBinaries(ctx, filepath.Join(root, "bin"), localcluster.ControlPlaneBinaries...)
 	if err != nil {
 		return nil, err
 	}
@@ -195,15 +201,23 @@ func startCluster() (*testCluster, error) {
 		if err != nil {
 			return nil, err
 		}
-		topo := localcluster.Stacked(binDir, filepath.Join(root, fmt.Sprintf("state-%d", attempt)), ports)
+		topo := localcluster.ControlPlane(binDir, filepath.Join(root, fmt.Sprintf("state-%d", attempt)), ports)
 		lc, err := localcluster.New(localcluster.Config{Topology: topo, Logger: logger, ReadyTimeout: readyTimeout})
 		if err != nil {
 			return nil, err
 		}
-		c := &testCluster{lc: lc}
-		for i, p := range lc.Topology().Processes {
-			c.names = append(c.names, p.Name)
-			c.etcdURLs = append(c.etcdURLs, fmt.Sprintf("http://127.0.0.1:%d", ports[i].EtcdClient))
+		c := &testCluster{lc: lc, candidates: map[string][]string{}, healthURLs: map[string]string{}}
+		for _, p := range lc.Topology().Processes {
+			switch binary := filepath.Base(p.Binary); {
+			case binary == localcluster.APIServerBinary:
+				c.etcdURLs = append(c.etcdURLs, fmt.Sprintf("http://127.0.0.1:%d", ports[len(c.names)].EtcdClient))
+				c.names = append(c.names, p.Name)
+			case slices.Contains(leaseGated, binary):
+				// The lease of each lease-gated binary is named after it,
+				// and its processes' identities are their names.
+				c.candidates[binary] = append(c.candidates[binary], p.Name)
+				c.healthURLs[p.Name] = p.HealthURL
+			}
 		}
 		c.addrs = lc.Topology().APIAddresses()
 		// shared is set before Up, so that TestMain stops whatever Up
@@ -224,12 +238,12 @@ func startCluster() (*testCluster, error) {
 }
 
 // restoreAfter makes the cluster whole again when t ends, however it ends:
-// every frozen replica is thawed and every dead one started again, and Up
-// waits until all are SERVING. If that fails, later tests are told why.
+// every frozen process is thawed and every dead one started again, and Up
+// waits until all are ready. If that fails, later tests are told why.
 func (c *testCluster) restoreAfter(t *testing.T) {
 	t.Helper()
 	t.Cleanup(func() {
-		for _, name := range c.names {
+		for _, name := range c.processNames() {
 			if err := c.lc.Signal(name, syscall.SIGCONT); err != nil && !errors.Is(err, localcluster.ErrNotRunning) {
 				t.Errorf("thaw %s: %v", name, err)
 			}
@@ -245,10 +259,20 @@ func (c *testCluster) restoreAfter(t *testing.T) {
 	})
 }
 
-// logTails logs the end of every replica's log, for a failed test.
+// processNames are the names of every process of the cluster, API
+// servers first.
+func (c *testCluster) processNames() []string {
+	var names []string
+	for _, p := range c.lc.Topology().Processes {
+		names = append(names, p.Name)
+	}
+	return names
+}
+
+// logTails logs the end of every process's log, for a failed test.
 func (c *testCluster) logTails(t *testing.T) {
 	const lines = 25
-	for _, name := range c.names {
+	for _, name := range c.processNames() {
 		data, err := os.ReadFile(c.lc.Topology().LogPath(name))
 		if err != nil {
 			t.Logf("log of %s: %v", name, err)

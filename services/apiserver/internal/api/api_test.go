@@ -413,3 +413,29 @@ func TestWatchOverGRPC(t *testing.T) {
 		return
 	}
 }
+
+// TestDeleteRacingBindIsNotAborted: a delete without a version that meets a
+// concurrent BindPod decides again (the pod is now bound: graceful) instead
+// of failing with ABORTED.
+func TestDeleteRacingBindIsNotAborted(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := ctxT(t)
+	pods := e.pods(0)
+	for i := 0; i < 30; i++ {
+		name := "race-" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		if _, err := pods.CreatePod(ctx, &capstanv1.CreatePodRequest{Pod: testPod(name)}); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = pods.BindPod(ctx, &capstanv1.BindPodRequest{Name: name, NodeName: "n1"})
+		}()
+		_, err := pods.DeletePod(ctx, &capstanv1.DeletePodRequest{Name: name})
+		wg.Wait()
+		if err != nil {
+			t.Fatalf("delete racing a bind: %v", err)
+		}
+	}
+}

@@ -304,8 +304,25 @@ func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, n
 	if kind.Name != "Pod" || (gracePeriodSeconds != nil && *gracePeriodSeconds == 0) {
 		return r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
 	}
+	for {
+		obj, raced, err := r.deletePodOnce(ctx, key, precond, gracePeriodSeconds)
+		// An unbound pod is deleted at the version it was read at; if it
+		// changed in between (the scheduler bound it), decide again, unless
+		// the caller asked for that very version.
+		if raced && pre.GetResourceVersion() == 0 && ctx.Err() == nil {
+			continue
+		}
+		return obj, err
+	}
+}
+
+// deletePodOnce marks a bound pod for graceful deletion, or deletes an
+// unbound one at the version it read; raced reports that this delete failed
+// because the pod changed after that read.
+func (r *Registry) deletePodOnce(ctx context.Context, key string, precond storage.Preconditions, gracePeriodSeconds *int64) (obj resource.Object, raced bool, err error) {
+	kind := resource.MustLookup("Pod")
 	var deleteNow bool
-	obj, err := r.store.Update(ctx, key, r.newFunc(kind), precond, func(current resource.Object) (resource.Object, error) {
+	obj, err = r.store.Update(ctx, key, r.newFunc(kind), precond, func(current resource.Object) (resource.Object, error) {
 		pod := current.(*capstanv1.Pod)
 		deleteNow = pod.GetSpec().GetNodeName() == ""
 		if deleteNow {
@@ -329,10 +346,11 @@ func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, n
 		return pod, nil
 	}, r.writeOptions(ctx))
 	if err != nil || !deleteNow {
-		return obj, err
+		return obj, false, err
 	}
 	precond.ResourceVersion = resource.Meta(obj).GetResourceVersion()
-	return r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
+	obj, err = r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
+	return obj, apierrors.IsConflict(err), err
 }
 
 // BindPod sets spec.node_name of an unbound pod (compare-and-swap: a pod is

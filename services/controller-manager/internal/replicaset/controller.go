@@ -291,6 +291,11 @@ func (c *Controller) waitForPodCache(ctx context.Context) error {
 // one, and no pod that live lacks unless the cache's copy is newer than the
 // list (created since).
 func (c *Controller) cacheAgrees(live []resource.Object, version int64, inScope func(namespace string) bool) bool {
+	// A cache that has seen the list's revision has seen everything the
+	// list did, and every change since: a listed pod it lacks was deleted.
+	if c.podInf.ResourceVersion() >= version {
+		return true
+	}
 	listed := make(map[string]bool, len(live))
 	for _, obj := range live {
 		if !inScope(obj.GetMetadata().GetNamespace()) {
