@@ -96,6 +96,10 @@ bench-failover: build ## failover times: SIGKILL/SIGTERM of the active controlle
 bench-api: build ## API writes vs raw etcd puts on the same 3 real members (BENCH_API_FLAGS=-n 2000 -c 20)
 	CAPSTAN_BIN_DIR=$(CURDIR)/$(BIN_DIR) $(GO) run ./hack/benchapi $(BENCH_API_FLAGS)
 
+.PHONY: bench-podstart
+bench-podstart: build ## pod start with 3 real node agents: a ReplicaSet of 100 to Running, then a dead node's pods replaced (BENCH_PODSTART_FLAGS=-replicas 100)
+	$(GO) run ./hack/benchpodstart -bin-dir $(BIN_DIR) $(BENCH_PODSTART_FLAGS)
+
 local-up: build ## start 3 masters as local processes (state in .local/)
 	$(LOCALCLUSTER) up
 
@@ -126,12 +130,16 @@ down: ## stop what `make up` started (compose keeps its volumes; see deploy/comp
 
 # A scratch image holds one binary and nothing else; the build context is a
 # directory with just that binary and an `entrypoint` symlink to it, because
-# ENTRYPOINT cannot name the binary through ARG.
+# ENTRYPOINT cannot name the binary through ARG. The node agent's image also
+# holds the demo workloads (/echo), the only programs its pods can run there.
 images: build ## one FROM-scratch image per binary: $(IMAGE_REPO)/<binary>:$(IMAGE_TAG)
 	@for b in $(SERVICES); do \
 	  ctx="$(BIN_DIR)/.image/$$b"; rm -rf "$$ctx"; mkdir -p "$$ctx"; \
 	  ln -f "$(BIN_DIR)/$$b" "$$ctx/$$b" 2>/dev/null || cp "$(BIN_DIR)/$$b" "$$ctx/$$b"; \
 	  ln -s "$$b" "$$ctx/entrypoint"; \
+	  if [ "$$b" = node-agent ]; then \
+	    for w in $(WORKLOADS); do cp "$(BIN_DIR)/$$w" "$$ctx/$$w"; done; \
+	  fi; \
 	  echo "image $(IMAGE_REPO)/$$b:$(IMAGE_TAG)"; \
 	  docker build --quiet -f deploy/Dockerfile --build-arg BINARY="$$b" -t "$(IMAGE_REPO)/$$b:$(IMAGE_TAG)" "$$ctx" >/dev/null; \
 	done
