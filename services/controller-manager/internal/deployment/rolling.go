@@ -53,6 +53,14 @@ func (c *Controller) reconcileNewReplicaSet(ctx context.Context, key string, d *
 	case current > replicas:
 		return c.scaleReplicaSet(ctx, key, d, newRS, replicas)
 	}
+	// An old ReplicaSet just scaled down still has its extra pods until its
+	// controller removes them; surging now would exceed replicas + maxSurge
+	// pods. Its status update (pods gone) brings the deployment back here.
+	for _, rs := range all {
+		if rs.GetMetadata().GetUid() != newRS.GetMetadata().GetUid() && !converged(rs) {
+			return false, newRS, nil
+		}
+	}
 	return c.scaleReplicaSet(ctx, key, d, newRS, newReplicaSetSize(d, all, newRS))
 }
 
@@ -65,6 +73,15 @@ func (c *Controller) reconcileOldReplicaSets(ctx context.Context, key string, d 
 	activeOld := active(old)
 	if sumSpecReplicas(activeOld) == 0 {
 		return false, old, nil
+	}
+	// Decide on settled numbers only: an old ReplicaSet whose controller has
+	// not yet acted on its last scale-down still counts pods that are about
+	// to go as available, and scaling down on that would drop below
+	// replicas - maxUnavailable.
+	for _, rs := range activeOld {
+		if !converged(rs) {
+			return false, old, nil
+		}
 	}
 	all := withNew(old, newRS)
 	minAvailable := desiredReplicas(d) - maxUnavailable(d)
@@ -86,6 +103,13 @@ func (c *Controller) reconcileOldReplicaSets(ctx context.Context, key string, d 
 		return false, old, err
 	}
 	return cleaned+scaled > 0, old, nil
+}
+
+// converged reports whether rs's controller has acted on its current spec:
+// it observed this generation and has no more pods than asked for.
+func converged(rs *capstanv1.ReplicaSet) bool {
+	return rs.GetStatus().GetObservedGeneration() >= rs.GetMetadata().GetGeneration() &&
+		rs.GetStatus().GetReplicas() <= replicasOf(rs)
 }
 
 // scaleDownUnhealthy removes up to limit pods from old ReplicaSets that have
