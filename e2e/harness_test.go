@@ -131,6 +131,11 @@ func stopShared() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*downGrace)
 	defer cancel()
 	err := shared.lc.Down(ctx, downGrace)
+	// Pods outlive their node agents by design: stop them too, so a test
+	// binary that ends early leaves nothing behind.
+	if _, killErr := shared.lc.KillPods(); killErr != nil {
+		err = errors.Join(err, killErr)
+	}
 	for _, st := range shared.lc.Status() {
 		if st.Running {
 			err = errors.Join(err, fmt.Errorf("%s (pid %d) still runs after Down", st.Name, st.Pid))
