@@ -406,6 +406,9 @@ func (c *container) start(restart bool) (*osProcess, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Checkpoint before anyone can see the process: an agent killed right
+	// after reporting a pid must leave the next agent able to adopt it.
+	c.writeCheckpointWith(p)
 	rt.mu.Lock()
 	c.proc = p
 	c.phase = phaseRunning
@@ -414,7 +417,6 @@ func (c *container) start(restart bool) (*osProcess, error) {
 	c.startError = ""
 	rt.mu.Unlock()
 	rt.procs.watch(p)
-	c.writeCheckpoint()
 	rt.notify(c.pod.uid)
 	rt.log.Info("container started", "pod-uid", c.pod.uid, "container", c.name, "pid", p.pid, "restart-count", c.restartCountForLog())
 	return p, nil
@@ -607,7 +609,11 @@ func (c *container) terminate(ctx context.Context, p *osProcess, grace time.Dura
 	}
 }
 
-func (c *container) writeCheckpoint() {
+func (c *container) writeCheckpoint() { c.writeCheckpointWith(nil) }
+
+// writeCheckpointWith writes the container's checkpoint; starting, if not
+// nil, is a process just started that c does not show yet.
+func (c *container) writeCheckpointWith(starting *osProcess) {
 	rt := c.rt
 	c.checkpointMu.Lock()
 	defer c.checkpointMu.Unlock()
@@ -619,13 +625,17 @@ func (c *container) writeCheckpoint() {
 		LastTermination:  c.lastTermination,
 		PriorTermination: c.priorTermination,
 	}
-	if p := c.proc; p != nil {
+	p, ready := c.proc, c.readinessOK
+	if starting != nil {
+		p, ready = starting, false
+	}
+	if p != nil {
 		cp.Running = true
 		cp.BootID = rt.bootID
 		cp.PID = p.pid
 		cp.StartTicks = p.startTicks
 		cp.StartedAt = p.startedAt
-		cp.Ready = c.readinessOK
+		cp.Ready = ready
 		cp.Command = append(append([]string(nil), c.spec.GetCommand()...), c.spec.GetArgs()...)
 	}
 	rt.mu.Unlock()
