@@ -15,8 +15,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
-	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -124,7 +124,7 @@ func (o Options) Validate() error {
 			return fmt.Errorf("--metrics-listen %q: must be host:port", o.MetricsListen)
 		}
 	}
-	if _, err := parseLevel(o.LogLevel); err != nil {
+	if _, err := logging.ParseLevel(o.LogLevel); err != nil {
 		return err
 	}
 	if o.LogFormat != "text" && o.LogFormat != "json" {
@@ -159,20 +159,6 @@ func (o Options) HealthProbeURL() (string, error) {
 		return "", fmt.Errorf("--health-probe %q: must be an http(s) URL or host:port", raw)
 	}
 	return raw, nil
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	switch s {
-	case "debug":
-		return slog.LevelDebug, nil
-	case "info":
-		return slog.LevelInfo, nil
-	case "warn":
-		return slog.LevelWarn, nil
-	case "error":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", s)
 }
 
 // ParseFlags parses args (without the program name) into opts, with the

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -210,18 +210,9 @@ func probe(ctx context.Context, opts Options) error {
 }
 
 func newLogger(opts Options, component string) (*slog.Logger, error) {
-	level, err := parseLevel(opts.LogLevel)
+	log, err := logging.New(opts.LogOutput, opts.LogLevel, opts.LogFormat)
 	if err != nil {
 		return nil, err
 	}
-	out := opts.LogOutput
-	if out == nil {
-		out = os.Stderr
-	}
-	handlerOpts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(out, handlerOpts)
-	if opts.LogFormat == "json" {
-		h = slog.NewJSONHandler(out, handlerOpts)
-	}
-	return slog.New(h).With("component", component, "identity", opts.Identity), nil
+	return log.With("component", component, "identity", opts.Identity), nil
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
 	"log/slog"
 	"net"
@@ -250,7 +251,7 @@ func (o Options) Validate() error {
 	if o.BookmarkInterval < 0 {
 		return fmt.Errorf("--bookmark-interval must not be negative, not %v", o.BookmarkInterval)
 	}
-	if _, err := parseLevel(o.LogLevel); err != nil {
+	if _, err := logging.ParseLevel(o.LogLevel); err != nil {
 		return err
 	}
 	if o.LogFormat != "text" && o.LogFormat != "json" {
@@ -336,18 +337,4 @@ func isHTTPURL(raw string) bool {
 	}
 	_, port, err := net.SplitHostPort(u.Host)
 	return err == nil && port != ""
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	switch s {
-	case "debug":
-		return slog.LevelDebug, nil
-	case "info":
-		return slog.LevelInfo, nil
-	case "warn":
-		return slog.LevelWarn, nil
-	case "error":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", s)
 }

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -246,18 +246,9 @@ func closeMember(logger *slog.Logger, member *etcdmember.Member) {
 }
 
 func newLogger(opts Options) (*slog.Logger, error) {
-	level, err := parseLevel(opts.LogLevel)
+	log, err := logging.New(opts.LogOutput, opts.LogLevel, opts.LogFormat)
 	if err != nil {
 		return nil, err
 	}
-	out := opts.LogOutput
-	if out == nil {
-		out = os.Stderr
-	}
-	handlerOpts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(out, handlerOpts)
-	if opts.LogFormat == "json" {
-		h = slog.NewJSONHandler(out, handlerOpts)
-	}
-	return slog.New(h).With("component", "apiserver", "replica", opts.Name), nil
+	return log.With("component", "apiserver", "replica", opts.Name), nil
 }

@@ -12,8 +12,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
-	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -260,25 +260,11 @@ func (o Options) Validate() error {
 	if o.HollowNodes < 0 || o.HollowNodes > maxHollowNodes {
 		return fmt.Errorf("--hollow-nodes must be between 0 and %d, not %d", maxHollowNodes, o.HollowNodes)
 	}
-	if _, err := parseLevel(o.LogLevel); err != nil {
+	if _, err := logging.ParseLevel(o.LogLevel); err != nil {
 		return err
 	}
 	if o.LogFormat != "text" && o.LogFormat != "json" {
 		return fmt.Errorf("--log-format must be text or json, not %q", o.LogFormat)
 	}
 	return nil
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	switch s {
-	case "debug":
-		return slog.LevelDebug, nil
-	case "info":
-		return slog.LevelInfo, nil
-	case "warn":
-		return slog.LevelWarn, nil
-	case "error":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", s)
 }

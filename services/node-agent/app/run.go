@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"log/slog"
 	"net"
 	"os"
@@ -257,18 +258,9 @@ func memTotal(path string) (int64, error) {
 }
 
 func newLogger(opts Options) (*slog.Logger, error) {
-	level, err := parseLevel(opts.LogLevel)
+	log, err := logging.New(opts.LogOutput, opts.LogLevel, opts.LogFormat)
 	if err != nil {
 		return nil, err
 	}
-	out := opts.LogOutput
-	if out == nil {
-		out = os.Stderr
-	}
-	handlerOpts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(out, handlerOpts)
-	if opts.LogFormat == "json" {
-		h = slog.NewJSONHandler(out, handlerOpts)
-	}
-	return slog.New(h).With("component", Name), nil
+	return log.With("component", Name), nil
 }

@@ -3,8 +3,8 @@ package runtime
 import (
 	"fmt"
 	"maps"
-	"slices"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 
