@@ -74,3 +74,14 @@ func True(pred func() bool) Condition {
 }
 
 var errNotYet = errors.New("not yet")
+
+// Reported adapts a check that says whether the state holds and, when it
+// does not, what it saw instead.
+func Reported(check func() (ok bool, saw string)) Condition {
+	return func(context.Context) error {
+		if ok, saw := check(); !ok {
+			return errors.New(saw)
+		}
+		return nil
+	}
+}

@@ -52,6 +52,10 @@ type Leadership struct {
 	Identity string
 	// Epoch is the fencing token of this leadership.
 	Epoch int64
+	// Registerer is the registry served on /metrics. It outlives the
+	// leadership: register with it in a way that tolerates the next
+	// leadership registering the same collectors again.
+	Registerer prometheus.Registerer
 }
 
 // Run runs the component until ctx ends: it campaigns for the lease and,
@@ -133,7 +137,7 @@ func Run(ctx context.Context, opts Options, spec Spec) error {
 	runErr := elector.Run(ctx, leaderelection.Callbacks{
 		OnStartedLeading: func(leadCtx context.Context) {
 			fence, _ := client.FenceFrom(leadCtx)
-			l := Leadership{Client: c, Logger: logger.With("epoch", fence.Epoch), Identity: opts.Identity, Epoch: fence.Epoch}
+			l := Leadership{Client: c, Logger: logger.With("epoch", fence.Epoch), Identity: opts.Identity, Epoch: fence.Epoch, Registerer: registry}
 			l.Logger.Info("leading: starting the work")
 			err := spec.Lead(leadCtx, l)
 			switch {

@@ -16,7 +16,7 @@ var builders = []builder{
 		return replicaset.New(env.leadership.Client, env.recorder, replicaset.Options{
 			ReplicaSets: env.informers.replicaSets,
 			Pods:        env.informers.pods,
-			Logger:      env.logger,
+			Loop:        env.loop,
 		})
 	}},
 	{"deployment", func(env buildEnv) (controller, error) {
@@ -24,7 +24,7 @@ var builders = []builder{
 			Deployments: env.informers.deployments,
 			ReplicaSets: env.informers.replicaSets,
 			Pods:        env.informers.pods,
-			Logger:      env.logger,
+			Loop:        env.loop,
 		})
 	}},
 	{"nodelifecycle", func(env buildEnv) (controller, error) {
@@ -33,7 +33,7 @@ var builders = []builder{
 			Leases:             env.informers.nodeLeases,
 			PodEvictionTimeout: env.opts.PodEvictionTimeout,
 			StartupGrace:       env.opts.NodeStartupGrace,
-			Logger:             env.logger,
+			Loop:               env.loop,
 		})
 	}},
 	{"garbagecollector", func(env buildEnv) (controller, error) {
@@ -41,7 +41,7 @@ var builders = []builder{
 		return garbagecollector.New(env.leadership.Client, garbagecollector.Options{
 			Owners:     []*informer.Informer{inf.replicaSets.Informer, inf.deployments.Informer},
 			Dependents: []*informer.Informer{inf.pods.Informer, inf.replicaSets.Informer},
-			Logger:     env.logger,
+			Loop:       env.loop,
 		})
 	}},
 }

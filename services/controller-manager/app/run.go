@@ -12,6 +12,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
 	"github.com/capstan-dev/capstan/internal/leaderelection/component"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
@@ -71,7 +72,7 @@ func (inf *informers) all() []*informer.Informer {
 
 // controller is what lead runs: each controller package's *Controller.
 type controller interface {
-	Run(ctx context.Context, workers int) error
+	Run(ctx context.Context) error
 }
 
 // builder makes one controller for one leadership.
@@ -86,7 +87,8 @@ type buildEnv struct {
 	informers  *informers
 	recorder   *events.Recorder
 	opts       Options
-	logger     *slog.Logger
+	// loop is every controller's workers, logger and metrics.
+	loop reconcile.Options
 }
 
 // lead runs one leadership: fresh informers, the controllers built on them,
@@ -97,7 +99,12 @@ func lead(leadCtx context.Context, l component.Leadership, opts Options) error {
 		return err
 	}
 	recorder := events.NewRecorder(l.Client, &capstanv1.EventSource{Component: Name, Host: l.Identity}, l.Logger.With("subsystem", "events"))
-	env := buildEnv{leadership: l, informers: inf, recorder: recorder, opts: opts, logger: l.Logger}
+	metrics, err := reconcile.NewMetrics(l.Registerer)
+	if err != nil {
+		return err
+	}
+	env := buildEnv{leadership: l, informers: inf, recorder: recorder, opts: opts,
+		loop: reconcile.Options{Workers: opts.Workers, Logger: l.Logger, Metrics: metrics}}
 	// Built before the informers run: controllers add handlers and
 	// indexers in their constructors.
 	type running struct {
@@ -132,7 +139,7 @@ func lead(leadCtx context.Context, l component.Leadership, opts Options) error {
 	l.Logger.Info("caches synced; starting the controllers", "took", time.Since(started).Round(time.Millisecond), "controllers", len(ctrls))
 	for _, r := range ctrls {
 		wg.Go(func() {
-			err := r.ctrl.Run(ctx, opts.Workers)
+			err := r.ctrl.Run(ctx)
 			if err != nil && ctx.Err() == nil {
 				cancel(fmt.Errorf("controller %s: %w", r.name, err))
 			}

@@ -26,36 +26,27 @@
 //
 // # Concurrency
 //
-// Informer handlers only enqueue Deployment keys. Run's workers take keys from
-// a rate-limited work queue, which hands a key to one worker at a time, so one
+// Informer handlers only enqueue Deployment keys. The controller is a
+// reconcile.Loop: its queue hands a key to one worker at a time, so one
 // Deployment is never synced twice at once; different Deployments are synced
 // in parallel. Objects from the caches are cloned before they are changed.
-// All API calls use Run's context (a leader's fenced context).
+// All API calls use Run's context (a leader's fenced context). A Controller
+// runs once.
 package deployment
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"sync"
-	"time"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
-)
-
-// Retry back-off of a Deployment whose sync failed.
-const (
-	retryBaseDelay = 5 * time.Millisecond
-	retryMaxDelay  = 60 * time.Second
 )
 
 // Options are what the Deployment controller needs besides the client and
@@ -68,10 +59,9 @@ type Options struct {
 	Deployments *informer.Typed[*capstanv1.Deployment]
 	ReplicaSets *informer.Typed[*capstanv1.ReplicaSet]
 	Pods        *informer.Typed[*capstanv1.Pod]
-	// Logger; default discard.
-	Logger *slog.Logger
-	// Clock stamps conditions and measures progress deadlines; default real.
-	Clock clock.Clock
+	// Loop: workers, logger, metrics, and the clock that stamps conditions,
+	// measures progress deadlines and paces back-off.
+	Loop reconcile.Options
 }
 
 // Controller is the Deployment controller. See the package doc.
@@ -82,19 +72,13 @@ type Controller struct {
 	replicaSets *informer.Typed[*capstanv1.ReplicaSet]
 	pods        *informer.Typed[*capstanv1.Pod]
 	log         *slog.Logger
-	clock       clock.Clock
+	clock       clock.WithTicker
 	expect      *expectations
-
-	// mu guards queue: the queue of the Run in progress, nil between Runs,
-	// so handlers registered once feed whichever Run is going.
-	mu    sync.RWMutex
-	queue workqueue.TypedRateLimitingInterface[string]
+	loop        *reconcile.Loop
 }
 
 // New returns a Deployment controller and registers its handlers on the
-// informers. recorder may be nil (no events). New is meant to be called once
-// per set of informers; Run may be called again after it returned (a new
-// leadership), and starts from a full resync.
+// informers. recorder may be nil (no events).
 func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller, error) {
 	switch {
 	case c == nil:
@@ -106,22 +90,28 @@ func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller
 	case opts.Pods == nil:
 		return nil, errors.New("deployment: Options.Pods is nil")
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
+	opts.Loop = opts.Loop.Complete()
+	opts.Loop.Logger = opts.Loop.Logger.With("controller", loopName)
 	ctrl := &Controller{
 		client:      c,
 		recorder:    recorder,
 		deployments: opts.Deployments,
 		replicaSets: opts.ReplicaSets,
 		pods:        opts.Pods,
-		log:         opts.Logger.With("controller", "deployment"),
-		clock:       opts.Clock,
+		log:         opts.Loop.Logger,
+		clock:       opts.Loop.Clock,
 	}
-	ctrl.expect = newExpectations(ctrl.deployments, ctrl.replicaSets, opts.Clock)
+	ctrl.expect = newExpectations(ctrl.deployments, ctrl.replicaSets, opts.Loop.Clock)
+	loop, err := reconcile.New(reconcile.Config{
+		Name:    loopName,
+		Sync:    ctrl.sync,
+		WaitFor: []*informer.Informer{opts.Deployments.Informer, opts.ReplicaSets.Informer, opts.Pods.Informer},
+		Options: opts.Loop,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctrl.loop = loop
 	ctrl.deployments.AddEventHandler(informer.TypedHandler[*capstanv1.Deployment]{
 		OnAdd:    func(d *capstanv1.Deployment) { ctrl.enqueue(d) },
 		OnUpdate: func(_, d *capstanv1.Deployment) { ctrl.enqueue(d) },
@@ -139,96 +129,16 @@ func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller
 	return ctrl, nil
 }
 
-// Run syncs Deployments with workers goroutines until ctx ends, then waits
-// for the workers and returns nil. Every API call is made with ctx. It
-// returns ctx's error if ctx ends before the caches have synced.
-func (c *Controller) Run(ctx context.Context, workers int) error {
-	if workers < 1 {
-		return fmt.Errorf("deployment: workers is %d: it must be at least 1", workers)
-	}
-	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBaseDelay, retryMaxDelay),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "deployment"})
-	c.mu.Lock()
-	if c.queue != nil {
-		c.mu.Unlock()
-		queue.ShutDown()
-		return errors.New("deployment: Run is already running")
-	}
-	c.queue = queue
-	c.mu.Unlock()
-	defer func() {
-		queue.ShutDown()
-		c.mu.Lock()
-		c.queue = nil
-		c.mu.Unlock()
-	}()
+// loopName names the controller in logs and metrics.
+const loopName = "deployment"
 
-	c.log.Info("starting", "workers", workers)
-	if !informer.WaitForCacheSync(ctx, c.deployments.Informer, c.replicaSets.Informer, c.pods.Informer) {
-		return fmt.Errorf("deployment: caches did not sync: %w", context.Cause(ctx))
-	}
-	// Handlers may have fired before this Run had a queue.
-	for _, d := range c.deployments.List() {
-		queue.Add(informer.Key(d))
-	}
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx, queue) {
-			}
-		})
-	}
-	<-ctx.Done()
-	queue.ShutDown()
-	wg.Wait()
-	c.log.Info("stopped")
-	return nil
-}
+// Run waits for the informers to sync, then syncs Deployments until ctx
+// ends (or a write finds the lease lost). Every API call is made with ctx.
+// It returns nil once the workers have stopped; an error only for a second
+// Run.
+func (c *Controller) Run(ctx context.Context) error { return c.loop.Run(ctx) }
 
-func (c *Controller) currentQueue() workqueue.TypedRateLimitingInterface[string] {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.queue
-}
-
-func (c *Controller) enqueue(d *capstanv1.Deployment) { c.enqueueKey(informer.Key(d)) }
-
-func (c *Controller) enqueueKey(key string) {
-	if q := c.currentQueue(); q != nil {
-		q.Add(key)
-	}
-}
-
-func (c *Controller) enqueueAfter(key string, after time.Duration) {
-	if q := c.currentQueue(); q != nil {
-		q.AddAfter(key, after)
-	}
-}
-
-// processNext syncs one key; it reports false once the queue is shut down.
-func (c *Controller) processNext(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string]) bool {
-	key, quit := queue.Get()
-	if quit {
-		return false
-	}
-	defer queue.Done(key)
-	err := c.sync(ctx, key)
-	switch {
-	case err == nil:
-		queue.Forget(key)
-	case ctx.Err() != nil:
-		// Leadership or the process is ending; the next leader resyncs.
-	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
-		// A cache behind the API: expected now and then, fixed by a retry.
-		c.log.Debug("sync raced a change; retrying", "deployment", key, "error", err)
-		queue.AddRateLimited(key)
-	default:
-		c.log.Warn("sync failed; retrying", "deployment", key, "retries", queue.NumRequeues(key), "error", err)
-		queue.AddRateLimited(key)
-	}
-	return true
-}
+func (c *Controller) enqueue(d *capstanv1.Deployment) { c.loop.Add(informer.Key(d)) }
 
 // controllerOf returns the owner reference of meta that is its controller.
 func controllerOf(meta *capstanv1.ObjectMeta) *capstanv1.OwnerReference {

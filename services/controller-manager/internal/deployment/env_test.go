@@ -13,6 +13,8 @@ import (
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -80,7 +82,8 @@ func startEnvWith(t *testing.T, opts envOptions) *env {
 	}
 	recorder := events.NewRecorder(c, &capstanv1.EventSource{Component: "deployment-test"}, nil)
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctrl, err := New(c, recorder, Options{Deployments: deployments, ReplicaSets: replicaSets, Pods: pods, Logger: logger})
+	ctrl, err := New(c, recorder, Options{Deployments: deployments, ReplicaSets: replicaSets, Pods: pods,
+		Loop: reconcile.Options{Workers: 2, Logger: logger}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -91,18 +94,19 @@ func startEnvWith(t *testing.T, opts envOptions) *env {
 		wg.Go(func() { _ = inf.Run(ctx) })
 	}
 	wg.Go(func() {
-		if err := ctrl.Run(ctx, 2); err != nil {
+		if err := ctrl.Run(ctx); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
 	e := &env{t: t, ctx: ctx, client: c, replicaSets: replicaSets}
 	if opts.realReplicaSets {
-		rsCtrl, err := replicaset.New(c, recorder, replicaset.Options{ReplicaSets: replicaSets, Pods: pods, Logger: logger.With("test-peer", "replicaset")})
+		rsCtrl, err := replicaset.New(c, recorder, replicaset.Options{ReplicaSets: replicaSets, Pods: pods,
+			Loop: reconcile.Options{Workers: 2, Logger: logger.With("test-peer", "replicaset")}})
 		if err != nil {
 			t.Fatalf("replicaset.New: %v", err)
 		}
 		wg.Go(func() {
-			if err := rsCtrl.Run(ctx, 2); err != nil {
+			if err := rsCtrl.Run(ctx); err != nil {
 				t.Errorf("replicaset Run: %v", err)
 			}
 		})
@@ -189,21 +193,10 @@ func (e *env) runPods(ctx context.Context) {
 	}
 }
 
-// waitFor polls cond until it returns true, failing the test with its last
-// description after timeout.
+// waitFor waits until cond holds; cond's string says the state it saw.
 func (e *env) waitFor(what string, timeout time.Duration, cond func() (bool, string)) {
 	e.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s; last state: %s", what, state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.For(e.t, timeout, what, poll.Reported(cond))
 }
 
 func (e *env) createDeployment(d *capstanv1.Deployment) *capstanv1.Deployment {

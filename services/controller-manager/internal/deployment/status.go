@@ -246,7 +246,7 @@ func (c *Controller) requeueStuck(key string, d *capstanv1.Deployment, st *capst
 	}
 	deadline := cond.GetLastHeartbeatTime().AsTime().Add(time.Duration(progressDeadlineSeconds(d)) * time.Second)
 	// A second more so that the deadline has surely passed on arrival.
-	c.enqueueAfter(key, max(deadline.Sub(c.clock.Now()), 0)+time.Second)
+	c.loop.AddAfter(key, max(deadline.Sub(c.clock.Now()), 0)+time.Second)
 }
 
 // checkPausedConditions marks Progressing Unknown when d is paused or

@@ -21,7 +21,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	case !ok:
 		// The informer event of the write brings the key back; the
 		// recheck is a safety net.
-		c.enqueueAfter(key, expectationRecheck)
+		c.loop.AddAfter(key, expectationRecheck)
 		return nil
 	case timedOut:
 		c.log.Warn("the caches never showed this controller's writes; syncing anyway", "deployment", key)

@@ -27,9 +27,10 @@
 //
 // # Concurrency
 //
-// Run's workers process different objects in parallel; the queue never
-// gives one object to two workers at once. Informer handlers update the
-// owner map under a mutex and queue keys.
+// The collector is a reconcile.Loop: its workers process different objects
+// in parallel, and the queue never gives one object to two workers at once.
+// Informer handlers update the owner map under a mutex and queue keys. A
+// Controller runs once.
 package garbagecollector
 
 import (
@@ -37,17 +38,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
-	"k8s.io/client-go/util/workqueue"
-	"k8s.io/utils/clock"
 )
 
 // Options are what New needs besides the client.
@@ -60,10 +60,8 @@ type Options struct {
 	// controller owner (Pod, ReplicaSet). At least one; at most one per
 	// kind. An informer may be in both lists.
 	Dependents []*informer.Informer
-	// Logger; default discard.
-	Logger *slog.Logger
-	// Clock for the work queue's delays; default the real clock.
-	Clock clock.WithTicker
+	// Loop: workers, logger, metrics and the clock of back-off.
+	Loop reconcile.Options
 }
 
 // Controller is the garbage collector. See the package doc.
@@ -72,10 +70,7 @@ type Controller struct {
 	owners     map[string]*informer.Informer // by kind name
 	dependents map[string]*informer.Informer // by kind name
 	log        *slog.Logger
-	clock      clock.WithTicker
-
-	started atomic.Bool
-	queue   workqueue.TypedRateLimitingInterface[string] // set by Run; items are itemKeys
+	loop       *reconcile.Loop // keys are itemKeys
 
 	// mu guards the owner map: owner uid → keys of the dependents whose
 	// controller reference names it, and the reverse.
@@ -100,22 +95,37 @@ func New(c *client.Client, opts Options) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
-	return &Controller{
+	opts.Loop = opts.Loop.Complete()
+	opts.Loop.Logger = opts.Loop.Logger.With("controller", loopName)
+	ctrl := &Controller{
 		client:     c,
 		owners:     owners,
 		dependents: dependents,
-		log:        opts.Logger.With("controller", "garbagecollector"),
-		clock:      opts.Clock,
+		log:        opts.Loop.Logger,
 		byOwner:    make(map[string]map[string]bool),
 		ownerOfKey: make(map[string]string),
-	}, nil
+	}
+	// Every informer, once, whether it owns or depends or both.
+	var all []*informer.Informer
+	for _, inf := range opts.Dependents {
+		all = append(all, inf)
+	}
+	for _, inf := range opts.Owners {
+		if !slices.Contains(all, inf) {
+			all = append(all, inf)
+		}
+	}
+	loop, err := reconcile.New(reconcile.Config{Name: loopName, Sync: ctrl.collect, WaitFor: all, Options: opts.Loop})
+	if err != nil {
+		return nil, err
+	}
+	ctrl.loop = loop
+	ctrl.addHandlers()
+	return ctrl, nil
 }
+
+// loopName names the collector in logs and metrics.
+const loopName = "garbagecollector"
 
 func byKind(field string, infs []*informer.Informer) (map[string]*informer.Informer, error) {
 	out := make(map[string]*informer.Informer, len(infs))
@@ -132,70 +142,10 @@ func byKind(field string, infs []*informer.Informer) (map[string]*informer.Infor
 	return out, nil
 }
 
-// Run registers the collector's informer handlers, waits for the informers
-// to sync, then collects garbage with workers goroutines until ctx ends.
-// Every write uses ctx. It returns nil once ctx has ended and the workers
-// have stopped; an error only for a bad argument or a second Run.
-func (c *Controller) Run(ctx context.Context, workers int) error {
-	if workers < 1 {
-		return fmt.Errorf("garbagecollector: Run with %d workers: at least 1 is needed", workers)
-	}
-	if !c.started.CompareAndSwap(false, true) {
-		return errors.New("garbagecollector: Run called twice")
-	}
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "garbagecollector", Clock: c.clock})
-	defer c.queue.ShutDown()
-	c.addHandlers()
-
-	var all []*informer.Informer
-	for _, inf := range c.owners {
-		all = append(all, inf)
-	}
-	for _, inf := range c.dependents {
-		all = append(all, inf)
-	}
-	c.log.Info("waiting for the informers to sync")
-	if !informer.WaitForCacheSync(ctx, all...) {
-		return nil
-	}
-	c.log.Info("started", "workers", workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
-	<-ctx.Done()
-	c.queue.ShutDown()
-	wg.Wait()
-	c.log.Info("stopped")
-	return nil
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	item, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(item)
-	if ctx.Err() != nil {
-		return true // draining a queue being shut down
-	}
-	err := c.collect(ctx, item)
-	switch {
-	case err == nil:
-		c.queue.Forget(item)
-	case ctx.Err() != nil, apierrors.Is(err, apierrors.ReasonLeaseNotHeld):
-		// Leadership is over; whoever leads next looks again.
-	default:
-		c.log.Warn("collecting failed, will retry", "object", item, "error", err)
-		c.queue.AddRateLimited(item)
-	}
-	return true
-}
+// Run waits for the informers to sync, then collects garbage until ctx
+// ends (or a delete finds the lease lost). Every write uses ctx. It returns
+// nil once the workers have stopped; an error only for a second Run.
+func (c *Controller) Run(ctx context.Context) error { return c.loop.Run(ctx) }
 
 // An item is "<kind>/<informer key>", e.g. "Pod/default/web-x7k2p".
 func itemKey(kind *resource.Kind, obj resource.Object) string {
@@ -258,7 +208,7 @@ func (c *Controller) dependentChanged(kind *resource.Kind, old, obj resource.Obj
 	}
 	c.mu.Unlock()
 	if ref != nil && !c.ownerCached(obj.GetMetadata().GetNamespace(), ref) {
-		c.queue.Add(item)
+		c.loop.Add(item)
 	}
 }
 
@@ -290,7 +240,7 @@ func (c *Controller) ownerDeleted(owner resource.Object) {
 	}
 	c.mu.Unlock()
 	for _, item := range items {
-		c.queue.Add(item)
+		c.loop.Add(item)
 	}
 }
 

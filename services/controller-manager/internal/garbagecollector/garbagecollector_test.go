@@ -2,6 +2,7 @@ package garbagecollector
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -84,7 +86,7 @@ func startCollector(t *testing.T, c *client.Client, rsOptions informer.Options) 
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	runInBackground(t, "garbage collector", func(ctx context.Context) error { return gc.Run(ctx, 1) })
+	runInBackground(t, "garbage collector", gc.Run)
 }
 
 func template(labels map[string]string) *capstanv1.PodTemplateSpec {
@@ -160,15 +162,14 @@ func exists(t *testing.T, ctx context.Context, c *client.Client, kind *resource.
 
 func waitGone(t *testing.T, ctx context.Context, c *client.Client, kind *resource.Kind, names ...string) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for _, name := range names {
-		for exists(t, ctx, c, kind, name) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s %s was not collected", kind.Name, name)
+	poll.For(t, waitTimeout, fmt.Sprintf("%s %v collected", kind.Name, names), func(context.Context) error {
+		for _, name := range names {
+			if exists(t, ctx, c, kind, name) {
+				return fmt.Errorf("%s still exists", name)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
-	}
+		return nil
+	})
 }
 
 func mustExist(t *testing.T, ctx context.Context, c *client.Client, kind *resource.Kind, names ...string) {
@@ -308,7 +309,7 @@ func TestStaleFenceDeletesNothing(t *testing.T) {
 		client.Fence{Namespace: wellknown.SystemNamespace, Name: wellknown.ControllerManagerLease, Epoch: 1 << 40},
 		func() { lost.Add(1); stop() })
 	done := make(chan error, 1)
-	go func() { done <- gc.Run(fenced, 1) }()
+	go func() { done <- gc.Run(fenced) }()
 	select {
 	case err := <-done:
 		if err != nil {

@@ -38,16 +38,17 @@
 //
 // # Concurrency
 //
-// Informer handlers enqueue node names; a ticker on the injected clock
+// The controller is a reconcile.Loop of node names. Informer handlers
+// enqueue names; the loop's resync, on the injected clock, takes stock and
 // enqueues every node each MonitorPeriod, so time-driven steps (end of the
-// grace, eviction deadlines) happen without any event. Workers take names
-// from a rate-limited work queue, which hands a name to one worker at a time.
-// What the controller remembers about nodes (when it first saw each node,
-// whether it saw its lease) lives in a per-Run state guarded by a mutex, and
-// starts afresh with every Run (every leadership). Every Node write is
-// conditional on the resource_version it was decided on, every pod deletion
-// on the pod's uid (a replacement of the same name stays), and all are made
-// with Run's (fenced) context.
+// grace, eviction deadlines) happen without any event. The queue hands a
+// name to one worker at a time. What the controller remembers about nodes
+// (when it first saw each node, whether it saw its lease) lives in a state
+// guarded by a mutex; a Controller runs once (every leadership builds a new
+// one), and its startup grace counts from when its caches have synced.
+// Every Node write is conditional on the resource_version it was decided
+// on, every pod deletion on the pod's uid (a replacement of the same name
+// stays), and all are made with Run's (fenced) context.
 package nodelifecycle
 
 import (
@@ -55,16 +56,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 )
 
@@ -73,12 +72,6 @@ const (
 	DefaultPodEvictionTimeout = 10 * time.Second
 	DefaultStartupGrace       = 20 * time.Second
 	DefaultMonitorPeriod      = time.Second
-)
-
-// Retry back-off of a node whose sync failed.
-const (
-	retryBaseDelay = 5 * time.Millisecond
-	retryMaxDelay  = 30 * time.Second
 )
 
 // Options are what the NodeLifecycle controller needs besides the client
@@ -99,11 +92,9 @@ type Options struct {
 	StartupGrace time.Duration
 	// MonitorPeriod is how often every node is re-examined. Default 1 s.
 	MonitorPeriod time.Duration
-	// Logger; default discard.
-	Logger *slog.Logger
-	// Clock measures every wait above and stamps conditions and taints;
-	// default real.
-	Clock clock.WithTicker
+	// Loop: workers, logger, metrics, and the clock that measures every
+	// wait above, stamps conditions and taints, and paces back-off.
+	Loop reconcile.Options
 }
 
 // Controller is the NodeLifecycle controller. See the package doc.
@@ -115,26 +106,16 @@ type Controller struct {
 	opts     Options
 	log      *slog.Logger
 	clock    clock.WithTicker
-
-	// mu guards current: the Run in progress, nil between Runs, so the
-	// handlers registered once in New feed whichever Run is going.
-	mu      sync.RWMutex
-	current *run
+	loop     *reconcile.Loop
+	state    *state
 
 	// syncing, if set (by tests, before Run), is called as a sync of node
 	// starts; the function it returns is called with the sync's result.
 	syncing func(node string) (done func(error))
 }
 
-// run is one Run: its queue and what it learnt about the nodes.
-type run struct {
-	queue workqueue.TypedRateLimitingInterface[string]
-	state *state
-}
-
 // New returns a NodeLifecycle controller and registers its handlers on the
-// informers. recorder may be nil (no events). Call New once per set of
-// informers; Run may be called again after it returned.
+// informers. recorder may be nil (no events).
 func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller, error) {
 	switch {
 	case c == nil:
@@ -159,21 +140,31 @@ func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller
 	if opts.MonitorPeriod == 0 {
 		opts.MonitorPeriod = DefaultMonitorPeriod
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
+	opts.Loop = opts.Loop.Complete()
+	opts.Loop.Logger = opts.Loop.Logger.With("controller", loopName)
 	ctrl := &Controller{
 		client:   c,
 		recorder: recorder,
 		nodes:    opts.Nodes,
 		leases:   opts.Leases,
 		opts:     opts,
-		log:      opts.Logger.With("controller", "node-lifecycle"),
-		clock:    opts.Clock,
+		log:      opts.Loop.Logger,
+		clock:    opts.Loop.Clock,
+		state:    newState(),
 	}
+	loop, err := reconcile.New(reconcile.Config{
+		Name:         loopName,
+		Sync:         ctrl.syncNode,
+		WaitFor:      []*informer.Informer{opts.Nodes.Informer, opts.Leases.Informer},
+		Prepare:      ctrl.begin,
+		Resync:       ctrl.monitor,
+		ResyncPeriod: opts.MonitorPeriod,
+		Options:      opts.Loop,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctrl.loop = loop
 	ctrl.nodes.AddEventHandler(informer.TypedHandler[*capstanv1.Node]{
 		OnAdd:    func(n *capstanv1.Node) { ctrl.enqueue(n.GetMetadata().GetName()) },
 		OnUpdate: func(_, n *capstanv1.Node) { ctrl.enqueue(n.GetMetadata().GetName()) },
@@ -199,92 +190,40 @@ func (c *Controller) leaseChanged(l *capstanv1.Lease) {
 	if !isNodeLease(l) {
 		return
 	}
-	r := c.currentRun()
-	if r == nil {
-		return
-	}
-	r.state.sawLease(l.GetMetadata().GetName(), c.clock.Now())
-	r.queue.Add(l.GetMetadata().GetName())
+	c.state.sawLease(l.GetMetadata().GetName(), c.clock.Now())
+	c.loop.Add(l.GetMetadata().GetName())
 }
 
-func (c *Controller) currentRun() *run {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.current
-}
+func (c *Controller) enqueue(node string) { c.loop.Add(node) }
 
-func (c *Controller) enqueue(node string) {
-	if r := c.currentRun(); r != nil {
-		r.queue.Add(node)
-	}
-}
+// loopName names the controller in logs and metrics.
+const loopName = "node-lifecycle"
 
-// Run watches over the nodes with workers goroutines until ctx ends, then
-// waits for them and returns nil. Every API call is made with ctx. The
-// startup grace counts from when the caches have synced. It returns ctx's
-// error if ctx ends before they have.
-func (c *Controller) Run(ctx context.Context, workers int) error {
-	if workers < 1 {
-		return fmt.Errorf("nodelifecycle: workers is %d: it must be at least 1", workers)
-	}
-	c.log.Info("starting", "workers", workers, "pod-eviction-timeout", c.opts.PodEvictionTimeout,
+// Run watches over the nodes until ctx ends (or a write finds the lease
+// lost), then returns nil once its workers have stopped. Every API call is
+// made with ctx. The startup grace counts from when the caches have synced.
+// It returns an error only for a second Run.
+func (c *Controller) Run(ctx context.Context) error {
+	c.log.Info("starting", "pod-eviction-timeout", c.opts.PodEvictionTimeout,
 		"startup-grace", c.opts.StartupGrace, "monitor-period", c.opts.MonitorPeriod)
-	if !informer.WaitForCacheSync(ctx, c.nodes.Informer, c.leases.Informer) {
-		return fmt.Errorf("nodelifecycle: caches did not sync: %w", context.Cause(ctx))
-	}
+	return c.loop.Run(ctx)
+}
 
-	r := &run{
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBaseDelay, retryMaxDelay),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "node-lifecycle"}),
-		state: newState(c.clock.Now()),
-	}
-	c.mu.Lock()
-	if c.current != nil {
-		c.mu.Unlock()
-		r.queue.ShutDown()
-		return errors.New("nodelifecycle: Run is already running")
-	}
-	c.current = r
-	c.mu.Unlock()
-	defer func() {
-		r.queue.ShutDown()
-		c.mu.Lock()
-		c.current = nil
-		c.mu.Unlock()
-	}()
-
-	c.monitor(ctx, r)
-	ticker := c.clock.NewTicker(c.opts.MonitorPeriod)
-	defer ticker.Stop()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx, r) {
-			}
-		})
-	}
-	for done := false; !done; {
-		select {
-		case <-ctx.Done():
-			done = true
-		case <-ticker.C():
-			c.monitor(ctx, r)
-		}
-	}
-	r.queue.ShutDown()
-	wg.Wait()
-	c.log.Info("stopped")
+// begin starts judging: the startup grace counts from now, and every node
+// gets a first look.
+func (c *Controller) begin(ctx context.Context) error {
+	c.state.begin(c.clock.Now())
+	c.monitor(ctx)
 	return nil
 }
 
 // monitor takes stock of the whole cluster (logging when mass-eviction
 // protection starts or ends) and queues every node for a look.
-func (c *Controller) monitor(ctx context.Context, r *run) {
+func (c *Controller) monitor(ctx context.Context) {
 	now := c.clock.Now()
-	dead, total := c.census(r.state, now)
+	dead, total := c.census(c.state, now)
 	suppress := evictionSuppressed(dead, total)
-	if r.state.setSuppressed(suppress) {
+	if c.state.setSuppressed(suppress) {
 		if suppress {
 			c.log.Warn("more than half of the nodes look dead at once: evicting nothing (a network or control-plane problem, not node failures)",
 				"dead-nodes", len(dead), "nodes", total)
@@ -297,36 +236,19 @@ func (c *Controller) monitor(ctx context.Context, r *run) {
 		}
 	}
 	for _, n := range c.nodes.List() {
-		r.queue.Add(n.GetMetadata().GetName())
+		c.loop.Add(n.GetMetadata().GetName())
 	}
 }
 
-// processNext syncs one node; it reports false once the queue is shut down.
-func (c *Controller) processNext(ctx context.Context, r *run) bool {
-	name, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(name)
+// syncNode judges one node at the clock's current time.
+func (c *Controller) syncNode(ctx context.Context, name string) error {
 	var done func(error)
 	if c.syncing != nil {
 		done = c.syncing(name)
 	}
-	err := c.sync(ctx, r.state, name, c.clock.Now())
+	err := c.sync(ctx, c.state, name, c.clock.Now())
 	if done != nil {
 		done(err)
 	}
-	switch {
-	case err == nil:
-		r.queue.Forget(name)
-	case ctx.Err() != nil:
-		// Leadership or the process is ending; the next leader starts over.
-	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
-		c.log.Debug("sync raced a change; retrying", "node", name, "error", err)
-		r.queue.AddRateLimited(name)
-	default:
-		c.log.Warn("sync failed; retrying", "node", name, "retries", r.queue.NumRequeues(name), "error", err)
-		r.queue.AddRateLimited(name)
-	}
-	return true
+	return err
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -74,7 +76,7 @@ func startEnv(t *testing.T, setup func(e *env)) *env {
 	e.ctrl, err = New(c, recorder, Options{
 		Nodes: e.nodes, Leases: e.leases,
 		PodEvictionTimeout: testEvictionTimeout, StartupGrace: testGrace, MonitorPeriod: testMonitorPeriod,
-		Logger: logger, Clock: e.clock,
+		Loop: reconcile.Options{Workers: 2, Logger: logger, Clock: e.clock},
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -99,7 +101,7 @@ func startEnv(t *testing.T, setup func(e *env)) *env {
 		wg.Go(func() { _ = inf.Run(ctx) })
 	}
 	wg.Go(func() {
-		if err := e.ctrl.Run(ctx, 2); err != nil {
+		if err := e.ctrl.Run(ctx); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
@@ -110,24 +112,19 @@ func startEnv(t *testing.T, setup func(e *env)) *env {
 		defer flushCancel()
 		recorder.Flush(flushCtx)
 	})
-	// The controller is judging once its ticker waits on the clock.
-	e.waitFor("the controller to start", func() (bool, string) { return e.clock.HasWaiters(), "no ticker yet" })
+	// The controller is judging once its workers and its monitor run.
+	select {
+	case <-e.ctrl.loop.Started():
+	case <-time.After(waitTimeout):
+		t.Fatal("the controller did not start")
+	}
 	return e
 }
 
+// waitFor waits until cond holds; cond's string says the state it saw.
 func (e *env) waitFor(what string, cond func() (bool, string)) {
 	e.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s; last state: %s", what, state)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.For(e.t, waitTimeout, what, poll.Reported(cond))
 }
 
 // syncNow makes the controller look at node at the fake clock's current
@@ -138,8 +135,10 @@ func (e *env) syncNow(node string) {
 	e.mu.Lock()
 	marker := e.syncStarts
 	e.mu.Unlock()
-	e.ctrl.enqueue(node)
 	e.waitFor("a sync of "+node, func() (bool, string) {
+		// Asked again on every look: a sync that failed waits out its
+		// back-off on the fake clock, which only the test moves.
+		e.ctrl.enqueue(node)
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		return e.completed[node] > marker, fmt.Sprintf("last completed sync %d, marker %d", e.completed[node], marker)

@@ -8,19 +8,19 @@ import (
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
-// state is what one Run has learnt about the nodes. Safe for concurrent use.
+// state is what the controller has learnt about the nodes. Safe for
+// concurrent use.
 type state struct {
-	start time.Time // when the Run began judging nodes
-
 	mu         sync.Mutex
+	start      time.Time // when the controller began judging nodes (begin)
 	nodes      map[string]*nodeRecord
 	suppressed bool // mass-eviction protection, as of the last census
 }
 
 type nodeRecord struct {
-	// firstSeen is when this Run first knew the node.
+	// firstSeen is when the controller first knew the node.
 	firstSeen time.Time
-	// leaseSeen: this Run has seen the node's lease, so its absence now
+	// leaseSeen: the controller has seen the node's lease, so its absence now
 	// means etcd expired it (or someone deleted it).
 	leaseSeen bool
 	// nextEvictionPass is when the node's pods are next examined for
@@ -28,8 +28,16 @@ type nodeRecord struct {
 	nextEvictionPass time.Time
 }
 
-func newState(start time.Time) *state {
-	return &state{start: start, nodes: make(map[string]*nodeRecord)}
+func newState() *state {
+	return &state{nodes: make(map[string]*nodeRecord)}
+}
+
+// begin records that judging starts at now: the startup grace counts from
+// it.
+func (s *state) begin(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.start = now
 }
 
 // record returns the node's record, creating it first seen now. s.mu held.

@@ -35,10 +35,11 @@
 //
 // # Concurrency
 //
-// Run starts workers that sync different ReplicaSets in parallel; the queue
-// never gives one key to two workers at once. Informer handlers only map
-// events to keys and record observations in the expectations, which are
-// safe for concurrent use. A Controller runs once.
+// The controller is a reconcile.Loop: its workers sync different
+// ReplicaSets in parallel, and the queue never gives one key to two workers
+// at once. Informer handlers only map events to keys and record
+// observations in the expectations, which are safe for concurrent use. A
+// Controller runs once.
 package replicaset
 
 import (
@@ -48,18 +49,16 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/selector"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 )
 
@@ -86,11 +85,9 @@ type Options struct {
 	// Run waits for them to sync but does not start them.
 	ReplicaSets *informer.Typed[*capstanv1.ReplicaSet]
 	Pods        *informer.Typed[*capstanv1.Pod]
-	// Logger; default discard.
-	Logger *slog.Logger
-	// Clock for expectations, min_ready_seconds and the work queue's delays;
-	// default the real clock.
-	Clock clock.WithTicker
+	// Loop: workers, logger, metrics, and the clock of expectations,
+	// min_ready_seconds and back-off.
+	Loop reconcile.Options
 	// ExpectationsTimeout is how long the controller waits for the cache to
 	// show its own creates and deletes before reading the pods from the API
 	// instead; default DefaultExpectationsTimeout.
@@ -111,9 +108,8 @@ type Controller struct {
 	timeout  time.Duration
 	burst    int
 
-	started atomic.Bool
-	queue   workqueue.TypedRateLimitingInterface[string] // set by Run
-	exp     *expectations
+	loop *reconcile.Loop
+	exp  *expectations
 
 	mu sync.Mutex
 	// unsettled holds, per ReplicaSet key, the names of pods whose create
@@ -140,98 +136,50 @@ func New(c *client.Client, recorder *events.Recorder, opts Options) (*Controller
 	case opts.BurstReplicas < 0:
 		return nil, fmt.Errorf("replicaset: Options.BurstReplicas is %d: it must not be negative", opts.BurstReplicas)
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
+	opts.Loop = opts.Loop.Complete()
+	opts.Loop.Logger = opts.Loop.Logger.With("controller", loopName)
 	if opts.ExpectationsTimeout == 0 {
 		opts.ExpectationsTimeout = DefaultExpectationsTimeout
 	}
 	if opts.BurstReplicas == 0 {
 		opts.BurstReplicas = DefaultBurstReplicas
 	}
-	return &Controller{
+	ctrl := &Controller{
 		client:    c,
 		recorder:  recorder,
 		rsInf:     opts.ReplicaSets,
 		podInf:    opts.Pods,
-		log:       opts.Logger.With("controller", "replicaset"),
-		clock:     opts.Clock,
+		log:       opts.Loop.Logger,
+		clock:     opts.Loop.Clock,
 		timeout:   opts.ExpectationsTimeout,
 		burst:     opts.BurstReplicas,
-		exp:       newExpectations(opts.Clock, opts.ExpectationsTimeout),
+		exp:       newExpectations(opts.Loop.Clock, opts.ExpectationsTimeout),
 		unsettled: make(map[string]map[string]bool),
 		distrust:  make(map[string]bool),
-	}, nil
+	}
+	loop, err := reconcile.New(reconcile.Config{
+		Name:    loopName,
+		Sync:    ctrl.sync,
+		WaitFor: []*informer.Informer{opts.ReplicaSets.Informer, opts.Pods.Informer},
+		Prepare: ctrl.waitForPodCache,
+		Options: opts.Loop,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctrl.loop = loop
+	ctrl.addHandlers()
+	return ctrl, nil
 }
 
-// Run registers the controller's informer handlers, waits for the
-// informers to sync and for the pod cache to catch up with the API, then
-// syncs ReplicaSets with workers goroutines until ctx ends. Every write
-// uses ctx. It returns nil once ctx has ended and the workers have stopped;
-// an error only for a bad argument or a second Run.
-func (c *Controller) Run(ctx context.Context, workers int) error {
-	if workers < 1 {
-		return fmt.Errorf("replicaset: Run with %d workers: at least 1 is needed", workers)
-	}
-	if !c.started.CompareAndSwap(false, true) {
-		return errors.New("replicaset: Run called twice")
-	}
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "replicaset", Clock: c.clock})
-	defer c.queue.ShutDown()
-	c.addHandlers()
+// loopName names the controller in logs and metrics.
+const loopName = "replicaset"
 
-	c.log.Info("waiting for the informers to sync")
-	if !informer.WaitForCacheSync(ctx, c.rsInf.Informer, c.podInf.Informer) {
-		return nil
-	}
-	if err := c.waitForPodCache(ctx); err != nil {
-		return nil // ctx ended
-	}
-	c.log.Info("started", "workers", workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
-	<-ctx.Done()
-	c.queue.ShutDown()
-	wg.Wait()
-	c.log.Info("stopped")
-	return nil
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if ctx.Err() != nil {
-		return true // draining a queue being shut down
-	}
-	err := c.sync(ctx, key)
-	switch {
-	case err == nil:
-		c.queue.Forget(key)
-	case ctx.Err() != nil, apierrors.Is(err, apierrors.ReasonLeaseNotHeld):
-		// Leadership is over; whoever leads next syncs this again.
-	default:
-		level := slog.LevelWarn
-		if apierrors.IsConflict(err) {
-			level = slog.LevelDebug // a write raced an informer update: routine
-		}
-		c.log.Log(ctx, level, "sync failed, will retry", "replicaset", key, "error", err)
-		c.queue.AddRateLimited(key)
-	}
-	return true
-}
+// Run waits for the informers to sync and for the pod cache to catch up
+// with the API, then syncs ReplicaSets until ctx ends (or a write finds
+// the lease lost). Every write uses ctx. It returns nil once the workers
+// have stopped; an error only for a second Run.
+func (c *Controller) Run(ctx context.Context) error { return c.loop.Run(ctx) }
 
 // waitForPodCache returns once the pod cache holds every pod the API has
 // now, in the namespaces that have ReplicaSets, at its current version or a
@@ -332,16 +280,16 @@ func sleep(ctx context.Context, clk clock.Clock, d time.Duration) error {
 
 func (c *Controller) addHandlers() {
 	c.rsInf.AddEventHandler(informer.TypedHandler[*capstanv1.ReplicaSet]{
-		OnAdd: func(rs *capstanv1.ReplicaSet) { c.queue.Add(informer.Key(rs)) },
+		OnAdd: func(rs *capstanv1.ReplicaSet) { c.loop.Add(informer.Key(rs)) },
 		OnUpdate: func(old, rs *capstanv1.ReplicaSet) {
 			if old.GetMetadata().GetUid() != rs.GetMetadata().GetUid() {
 				c.forget(informer.Key(old)) // re-created under the same name
 			}
-			c.queue.Add(informer.Key(rs))
+			c.loop.Add(informer.Key(rs))
 		},
 		OnDelete: func(rs *capstanv1.ReplicaSet) {
 			c.forget(informer.Key(rs))
-			c.queue.Add(informer.Key(rs))
+			c.loop.Add(informer.Key(rs))
 		},
 	})
 	c.podInf.AddEventHandler(informer.TypedHandler[*capstanv1.Pod]{
@@ -394,7 +342,7 @@ func (c *Controller) addPod(pod *capstanv1.Pod) {
 	if key, ok := ownerKey(pod); ok {
 		c.exp.creationObserved(key, pod.GetMetadata().GetName())
 		c.settle(key, pod.GetMetadata().GetName())
-		c.queue.Add(key)
+		c.loop.Add(key)
 		return
 	}
 	c.enqueueMatching(pod)
@@ -417,15 +365,15 @@ func (c *Controller) updatePod(old, pod *capstanv1.Pod) {
 	oldKey, hadOwner := ownerKey(old)
 	newKey, hasOwner := ownerKey(pod)
 	if hadOwner && (!hasOwner || oldKey != newKey) {
-		c.queue.Add(oldKey)
+		c.loop.Add(oldKey)
 	}
 	if hasOwner {
-		c.queue.Add(newKey)
+		c.loop.Add(newKey)
 		if isReady(pod) && !isReady(old) {
 			// It becomes available after min_ready_seconds: look again then.
 			ns, name := informer.SplitKey(newKey)
 			if rs, ok := c.rsInf.Get(ns, name); ok && rs.GetSpec().GetMinReadySeconds() > 0 {
-				c.queue.AddAfter(newKey, time.Duration(rs.GetSpec().GetMinReadySeconds())*time.Second+100*time.Millisecond)
+				c.loop.AddAfter(newKey, time.Duration(rs.GetSpec().GetMinReadySeconds())*time.Second+100*time.Millisecond)
 			}
 		}
 		return
@@ -441,7 +389,7 @@ func (c *Controller) deletePod(pod *capstanv1.Pod) {
 		return // an orphan's deletion changes no ReplicaSet's count
 	}
 	c.exp.deletionObserved(key, pod.GetMetadata().GetName())
-	c.queue.Add(key)
+	c.loop.Add(key)
 }
 
 // enqueueMatching queues every ReplicaSet that could adopt the orphan pod.
@@ -456,7 +404,7 @@ func (c *Controller) enqueueMatching(pod *capstanv1.Pod) {
 			continue // validation refuses both; never adopt with them
 		}
 		if sel.Matches(set) {
-			c.queue.Add(informer.Key(rs))
+			c.loop.Add(informer.Key(rs))
 		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -115,11 +117,12 @@ func newRecorder(t *testing.T, c *client.Client) *events.Recorder {
 
 func startController(t *testing.T, c *client.Client, recorder *events.Recorder, opts Options) *Controller {
 	t.Helper()
+	opts.Loop.Workers = 2
 	ctrl, err := New(c, recorder, opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	runInBackground(t, "controller", func(ctx context.Context) error { return ctrl.Run(ctx, 2) })
+	runInBackground(t, "controller", ctrl.Run)
 	return ctrl
 }
 
@@ -211,18 +214,6 @@ func podNamesOf(pods []*capstanv1.Pod) []string {
 	return names
 }
 
-// waitFor polls cond until it holds or the wait times out.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // setPodStatus writes a pod's status: its phase and, if ready is not nil,
 // its Ready condition.
 func setPodStatus(t *testing.T, ctx context.Context, c *client.Client, name, phase string, ready *bool) {
@@ -259,7 +250,7 @@ func TestReachesReplicasAndReportsStatus(t *testing.T) {
 	ctx := testContext(t)
 	rs := create(t, ctx, e.client, replicaSet("web", 3, map[string]string{"app": "web"}))
 
-	waitFor(t, "3 pods", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 3 })
+	poll.For(t, waitTimeout, "3 pods", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 3 }))
 	pods := podsOwnedBy(t, ctx, e.client, rs)
 	for _, pod := range pods {
 		meta := pod.GetMetadata()
@@ -274,32 +265,32 @@ func TestReachesReplicasAndReportsStatus(t *testing.T) {
 			t.Errorf("pod %s labels = %v", meta.GetName(), meta.GetLabels())
 		}
 	}
-	waitFor(t, "status replicas 3", func() bool {
+	poll.For(t, waitTimeout, "status replicas 3", poll.True(func() bool {
 		st := getRS(t, ctx, e.client, "web").GetStatus()
 		return st.GetReplicas() == 3 && st.GetFullyLabeledReplicas() == 3 && st.GetReadyReplicas() == 0 && st.GetObservedGeneration() == 1
-	})
+	}))
 
 	yes, no := true, false
 	setPodStatus(t, ctx, e.client, pods[0].GetMetadata().GetName(), wellknown.PodRunning, &yes)
 	setPodStatus(t, ctx, e.client, pods[1].GetMetadata().GetName(), wellknown.PodRunning, &yes)
 	setPodStatus(t, ctx, e.client, pods[2].GetMetadata().GetName(), wellknown.PodRunning, &no)
-	waitFor(t, "2 ready and available", func() bool {
+	poll.For(t, waitTimeout, "2 ready and available", poll.True(func() bool {
 		st := getRS(t, ctx, e.client, "web").GetStatus()
 		return st.GetReadyReplicas() == 2 && st.GetAvailableReplicas() == 2 && st.GetReplicas() == 3
-	})
+	}))
 
 	// min_ready_seconds: ready pods are not available at once; they become
 	// so without another event.
 	updateRS(t, ctx, e.client, "web", func(rs *capstanv1.ReplicaSet) { rs.Spec.MinReadySeconds = 1 })
 	setPodStatus(t, ctx, e.client, pods[2].GetMetadata().GetName(), wellknown.PodRunning, &yes)
-	waitFor(t, "3 ready, then 3 available", func() bool {
+	poll.For(t, waitTimeout, "3 ready, then 3 available", poll.True(func() bool {
 		st := getRS(t, ctx, e.client, "web").GetStatus()
 		return st.GetReadyReplicas() == 3 && st.GetAvailableReplicas() == 3 && st.GetObservedGeneration() == 2
-	})
+	}))
 	e.pods.check(t, 3, 3)
 
 	e.recorder.Flush(ctx)
-	waitFor(t, "3 SuccessfulCreate events", func() bool {
+	poll.For(t, waitTimeout, "3 SuccessfulCreate events", poll.True(func() bool {
 		res, err := e.client.ListAll(ctx, resource.MustLookup("Event"), client.ListOptions{Namespace: "default"})
 		if err != nil {
 			t.Fatal(err)
@@ -311,14 +302,14 @@ func TestReachesReplicasAndReportsStatus(t *testing.T) {
 			}
 		}
 		return n == 3
-	})
+	}))
 }
 
 func TestScaleDownPrefersPodsNotYetUseful(t *testing.T) {
 	e := startEnv(t, Options{})
 	ctx := testContext(t)
 	rs := create(t, ctx, e.client, replicaSet("web", 4, map[string]string{"app": "web"}))
-	waitFor(t, "4 pods", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 4 })
+	poll.For(t, waitTimeout, "4 pods", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 4 }))
 	names := podNamesOf(podsOwnedBy(t, ctx, e.client, rs))
 
 	// names[0]: unassigned, Pending. names[1]: assigned, Pending.
@@ -329,9 +320,9 @@ func TestScaleDownPrefersPodsNotYetUseful(t *testing.T) {
 	}
 	setPodStatus(t, ctx, e.client, names[2], wellknown.PodRunning, &no)
 	setPodStatus(t, ctx, e.client, names[3], wellknown.PodRunning, &yes)
-	waitFor(t, "status to see the ready pod", func() bool {
+	poll.For(t, waitTimeout, "status to see the ready pod", poll.True(func() bool {
 		return getRS(t, ctx, e.client, "web").GetStatus().GetReadyReplicas() == 1
-	})
+	}))
 
 	for _, step := range []struct {
 		replicas int32
@@ -342,9 +333,9 @@ func TestScaleDownPrefersPodsNotYetUseful(t *testing.T) {
 		{1, names[3:]},
 	} {
 		updateRS(t, ctx, e.client, "web", func(rs *capstanv1.ReplicaSet) { rs.Spec.Replicas = &step.replicas })
-		waitFor(t, fmt.Sprintf("%d pods", step.replicas), func() bool {
+		poll.For(t, waitTimeout, fmt.Sprintf("%d pods", step.replicas), poll.True(func() bool {
 			return len(podsOwnedBy(t, ctx, e.client, rs)) == int(step.replicas)
-		})
+		}))
 		if got := podNamesOf(podsOwnedBy(t, ctx, e.client, rs)); !slices.Equal(got, step.keep) {
 			t.Fatalf("after scaling to %d the pods are %v, want %v", step.replicas, got, step.keep)
 		}
@@ -352,11 +343,11 @@ func TestScaleDownPrefersPodsNotYetUseful(t *testing.T) {
 
 	three := int32(3)
 	updateRS(t, ctx, e.client, "web", func(rs *capstanv1.ReplicaSet) { rs.Spec.Replicas = &three })
-	waitFor(t, "3 pods again", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 3 })
+	poll.For(t, waitTimeout, "3 pods again", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 3 }))
 	if got := podNamesOf(podsOwnedBy(t, ctx, e.client, rs)); !slices.Contains(got, names[3]) {
 		t.Errorf("scaling up replaced the ready pod: %v", got)
 	}
-	waitFor(t, "status replicas 3", func() bool { return getRS(t, ctx, e.client, "web").GetStatus().GetReplicas() == 3 })
+	poll.For(t, waitTimeout, "status replicas 3", poll.True(func() bool { return getRS(t, ctx, e.client, "web").GetStatus().GetReplicas() == 3 }))
 	e.pods.check(t, 3, 4)
 }
 
@@ -374,10 +365,10 @@ func TestAdoptsMatchingOrphansAndReleasesPodsThatNoLongerMatch(t *testing.T) {
 	})
 	// With the orphan in the controller's cache, the ReplicaSet adopts it
 	// instead of creating a second pod.
-	waitFor(t, "the orphan in the pod cache", func() bool { _, ok := e.inf.pods.Get("default", "orphan"); return ok })
+	poll.For(t, waitTimeout, "the orphan in the pod cache", poll.True(func() bool { _, ok := e.inf.pods.Get("default", "orphan"); return ok }))
 	rs := create(t, ctx, e.client, replicaSet("adopter", 2, labels))
 
-	waitFor(t, "2 owned pods", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 2 })
+	poll.For(t, waitTimeout, "2 owned pods", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 2 }))
 	if got := podNamesOf(podsOwnedBy(t, ctx, e.client, rs)); !slices.Contains(got, "orphan") {
 		t.Fatalf("owned pods %v do not include the orphan", got)
 	}
@@ -393,10 +384,10 @@ func TestAdoptsMatchingOrphansAndReleasesPodsThatNoLongerMatch(t *testing.T) {
 	if _, err := e.client.Update(ctx, adopted); err != nil {
 		t.Fatalf("relabel: %v", err)
 	}
-	waitFor(t, "orphan released and replaced", func() bool {
+	poll.For(t, waitTimeout, "orphan released and replaced", poll.True(func() bool {
 		owned := podNamesOf(podsOwnedBy(t, ctx, e.client, rs))
 		return len(owned) == 2 && !slices.Contains(owned, "orphan")
-	})
+	}))
 	obj, err = e.client.Get(ctx, podKind, "default", "orphan")
 	if err != nil {
 		t.Fatalf("the released pod was deleted: %v", err)
@@ -417,16 +408,16 @@ func TestReplacesAPodDeletedElsewhere(t *testing.T) {
 	e := startEnv(t, Options{})
 	ctx := testContext(t)
 	rs := create(t, ctx, e.client, replicaSet("web", 2, map[string]string{"app": "web"}))
-	waitFor(t, "2 pods", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 2 })
+	poll.For(t, waitTimeout, "2 pods", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) == 2 }))
 	before := podNamesOf(podsOwnedBy(t, ctx, e.client, rs))
 
 	if _, err := e.client.Delete(ctx, podKind, "default", before[0], nil); err != nil {
 		t.Fatalf("delete pod: %v", err)
 	}
-	waitFor(t, "a replacement", func() bool {
+	poll.For(t, waitTimeout, "a replacement", poll.True(func() bool {
 		now := podNamesOf(podsOwnedBy(t, ctx, e.client, rs))
 		return len(now) == 2 && !slices.Contains(now, before[0]) && slices.Contains(now, before[1])
-	})
+	}))
 }
 
 // lagEnv has two API replicas: the pod informer reads through replica 1
@@ -448,7 +439,7 @@ func startLagEnv(t *testing.T, opts Options) *lagEnv {
 	rsInf := startInformers(t, c, podClient)
 	logs := &logRecorder{}
 	opts.ReplicaSets, opts.Pods = rsInf.rs, rsInf.pods
-	opts.Logger = slog.New(logs)
+	opts.Loop.Logger = slog.New(logs)
 	startController(t, c, nil, opts)
 	return &lagEnv{cluster: cluster, client: c, logs: logs, pods: watchPodCount(t, c)}
 }
@@ -459,9 +450,9 @@ func startLagEnv(t *testing.T, opts Options) *lagEnv {
 func bumpGeneration(t *testing.T, ctx context.Context, c *client.Client, name string) {
 	t.Helper()
 	rs := updateRS(t, ctx, c, name, func(rs *capstanv1.ReplicaSet) { rs.Spec.MinReadySeconds++ })
-	waitFor(t, "the controller to sync the new generation", func() bool {
+	poll.For(t, waitTimeout, "the controller to sync the new generation", poll.True(func() bool {
 		return getRS(t, ctx, c, name).GetStatus().GetObservedGeneration() == rs.GetMetadata().GetGeneration()
-	})
+	}))
 }
 
 // The pod cache stops while the controller creates pods: it must not count
@@ -472,7 +463,7 @@ func TestExpectationsKeepALaggingCacheFromCreatingTwice(t *testing.T) {
 	e.cluster.StopReplica(1) // the pod cache is frozen from here on
 
 	rs := create(t, ctx, e.client, replicaSet("web", 3, map[string]string{"app": "web"}))
-	waitFor(t, "3 pods", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) >= 3 })
+	poll.For(t, waitTimeout, "3 pods", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) >= 3 }))
 	for range 3 {
 		bumpGeneration(t, ctx, e.client, "web")
 	}
@@ -481,9 +472,9 @@ func TestExpectationsKeepALaggingCacheFromCreatingTwice(t *testing.T) {
 	}
 
 	e.cluster.StartReplica(1)
-	waitFor(t, "status to show 3 replicas", func() bool {
+	poll.For(t, waitTimeout, "status to show 3 replicas", poll.True(func() bool {
 		return getRS(t, ctx, e.client, "web").GetStatus().GetReplicas() == 3
-	})
+	}))
 	bumpGeneration(t, ctx, e.client, "web")
 	e.pods.check(t, 3, 3)
 }
@@ -496,11 +487,11 @@ func TestExpiredExpectationsReadTheAPIInsteadOfTheCache(t *testing.T) {
 	e.cluster.StopReplica(1)
 
 	rs := create(t, ctx, e.client, replicaSet("web", 3, map[string]string{"app": "web"}))
-	waitFor(t, "3 pods", func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) >= 3 })
-	waitFor(t, "the expectations to expire", func() bool {
+	poll.For(t, waitTimeout, "3 pods", poll.True(func() bool { return len(podsOwnedBy(t, ctx, e.client, rs)) >= 3 }))
+	poll.For(t, waitTimeout, "the expectations to expire", poll.True(func() bool {
 		bumpGeneration(t, ctx, e.client, "web")
 		return e.logs.count("expectations expired") > 0
-	})
+	}))
 	for range 3 {
 		bumpGeneration(t, ctx, e.client, "web") // read from the API: nothing to do
 	}
@@ -508,9 +499,9 @@ func TestExpiredExpectationsReadTheAPIInsteadOfTheCache(t *testing.T) {
 		t.Fatalf("%d pods, want 3", n)
 	}
 	e.cluster.StartReplica(1)
-	waitFor(t, "status to show 3 replicas", func() bool {
+	poll.For(t, waitTimeout, "status to show 3 replicas", poll.True(func() bool {
 		return getRS(t, ctx, e.client, "web").GetStatus().GetReplicas() == 3
-	})
+	}))
 	bumpGeneration(t, ctx, e.client, "web")
 	e.pods.check(t, 3, 3)
 }
@@ -525,7 +516,7 @@ func TestStaleFenceWritesNothing(t *testing.T) {
 	inf := startInformers(t, c, c)
 	recorder := newRecorder(t, c)
 
-	ctrl, err := New(c, recorder, Options{ReplicaSets: inf.rs, Pods: inf.pods})
+	ctrl, err := New(c, recorder, Options{ReplicaSets: inf.rs, Pods: inf.pods, Loop: reconcile.Options{Workers: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,7 +527,7 @@ func TestStaleFenceWritesNothing(t *testing.T) {
 		client.Fence{Namespace: wellknown.SystemNamespace, Name: wellknown.ControllerManagerLease, Epoch: 1 << 40},
 		func() { lost.Add(1); stop() }) // as the elector does: stop at once
 	done := make(chan error, 1)
-	go func() { done <- ctrl.Run(fenced, 2) }()
+	go func() { done <- ctrl.Run(fenced) }()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -620,11 +611,11 @@ func watchPodCount(t *testing.T, c *client.Client) *podHighWater {
 // waits until the counter has seen the want pods there are now.
 func (hw *podHighWater) check(t *testing.T, want, limit int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("the pod counter to see %d pods", want), func() bool {
+	poll.For(t, waitTimeout, fmt.Sprintf("the pod counter to see %d pods", want), poll.True(func() bool {
 		hw.mu.Lock()
 		defer hw.mu.Unlock()
 		return hw.now == want
-	})
+	}))
 	hw.mu.Lock()
 	defer hw.mu.Unlock()
 	if hw.max > limit {
@@ -706,13 +697,13 @@ func TestStartWaitsForThePodCacheToCatchUp(t *testing.T) {
 		pod := newPod(rs, fmt.Sprintf("web-prev%d", i))
 		create(t, ctx, c, pod)
 	}
-	waitFor(t, "the ReplicaSet in the cache", func() bool { _, ok := inf.rs.Get("default", "web"); return ok })
+	poll.For(t, waitTimeout, "the ReplicaSet in the cache", poll.True(func() bool { _, ok := inf.rs.Get("default", "web"); return ok }))
 
 	startController(t, c, nil, Options{ReplicaSets: inf.rs, Pods: inf.pods})
 	cluster.StartReplica(1)
-	waitFor(t, "status to show 3 replicas", func() bool {
+	poll.For(t, waitTimeout, "status to show 3 replicas", poll.True(func() bool {
 		return getRS(t, ctx, c, "web").GetStatus().GetReplicas() == 3
-	})
+	}))
 	counter.check(t, 3, 3)
 	if got := podNamesOf(livePods(t, ctx, c)); !slices.Equal(got, []string{"web-prev0", "web-prev1", "web-prev2"}) {
 		t.Fatalf("pods = %v, want only the previous leader's", got)
@@ -734,10 +725,10 @@ func TestStartReadsTheAPIWhileThePodCacheIsBehind(t *testing.T) {
 	for i := range 2 {
 		create(t, ctx, c, newPod(rs, fmt.Sprintf("web-prev%d", i)))
 	}
-	waitFor(t, "the ReplicaSet in the cache", func() bool { _, ok := inf.rs.Get("default", "web"); return ok })
+	poll.For(t, waitTimeout, "the ReplicaSet in the cache", poll.True(func() bool { _, ok := inf.rs.Get("default", "web"); return ok }))
 
 	startController(t, c, nil, Options{ReplicaSets: inf.rs, Pods: inf.pods, ExpectationsTimeout: 100 * time.Millisecond})
-	waitFor(t, "a third pod", func() bool { return len(livePods(t, ctx, c)) >= 3 })
+	poll.For(t, waitTimeout, "a third pod", poll.True(func() bool { return len(livePods(t, ctx, c)) >= 3 }))
 	for range 3 {
 		bumpGeneration(t, ctx, c, "web")
 	}

@@ -55,7 +55,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 		// The pod events that meet the expectations queue this key again;
 		// if they never come (a create that timed out and never happened),
 		// this does once the expectations have expired.
-		c.queue.AddAfter(key, wait+10*time.Millisecond)
+		c.loop.AddAfter(key, wait+10*time.Millisecond)
 	}
 	if expired {
 		// The cache never showed some of this controller's writes: trust the
@@ -103,7 +103,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 		}
 	}
 	if manageErr == nil && !nextAvailable.IsZero() {
-		c.queue.AddAfter(key, nextAvailable.Sub(now)+100*time.Millisecond)
+		c.loop.AddAfter(key, nextAvailable.Sub(now)+100*time.Millisecond)
 	}
 	return manageErr
 }

@@ -34,11 +34,11 @@
 // # Concurrency
 //
 // Run starts: one goroutine for the lease, one for the Node status, one that
-// turns runtime changes and the resync period into work, PodWorkers workers
-// on a queue of pod uids (the queue never hands one uid to two workers),
-// StatusWorkers workers on a queue of pod uids whose status may have
-// changed, and one goroutine per pod being stopped (KillPod waits out the
-// grace period). The per-pod records are guarded by one mutex, never held
+// turns runtime changes and the first list into work, two reconcile.Loops
+// of pod uids — "pod-sync" with PodWorkers workers and a resync every
+// PodResyncPeriod, "pod-status" with StatusWorkers workers for pods whose
+// status may have changed (a loop never hands one uid to two workers) — and
+// one goroutine per pod being stopped (KillPod waits out the grace period). The per-pod records are guarded by one mutex, never held
 // across a call to the API or the runtime. An Agent runs once.
 package agent
 
@@ -59,6 +59,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/validation"
 	"github.com/capstan-dev/capstan/internal/wellknown"
@@ -169,9 +170,10 @@ type Agent struct {
 	started    atomic.Bool
 	registered chan struct{} // closed once the Node is registered
 
-	// Set by Run before anything can call enqueuePod.
-	podQueue    workqueue.TypedRateLimitingInterface[string]
-	statusQueue workqueue.TypedRateLimitingInterface[string]
+	// podLoop syncs pods with the runtime; statusLoop writes their status.
+	// Both are keyed by pod uid.
+	podLoop    *reconcile.Loop
+	statusLoop *reconcile.Loop
 
 	// nodeStatusPoke asks the node status loop to look now; forceNodeStatus
 	// makes that look write even an unchanged status.
@@ -207,6 +209,27 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 		a.caches, a.ownCaches = caches, true
+	}
+	var err error
+	a.podLoop, err = reconcile.New(reconcile.Config{
+		Name:         "pod-sync",
+		Sync:         a.syncPod,
+		Resync:       func(context.Context) { a.enqueueAll() },
+		ResyncPeriod: cfg.PodResyncPeriod,
+		RateLimiter:  retryLimiter(),
+		Options:      reconcile.Options{Workers: cfg.PodWorkers, Logger: cfg.Logger.With("loop", "pod-sync"), Clock: cfg.Clock},
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.statusLoop, err = reconcile.New(reconcile.Config{
+		Name:        "pod-status",
+		Sync:        a.writeStatus,
+		RateLimiter: retryLimiter(),
+		Options:     reconcile.Options{Workers: cfg.StatusWorkers, Logger: cfg.Logger.With("loop", "pod-status"), Clock: cfg.Clock},
+	})
+	if err != nil {
+		return nil, err
 	}
 	if cfg.CheckpointDir != "" {
 		store, err := newCheckpointStore(cfg.CheckpointDir)
@@ -310,14 +333,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.started.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called twice")
 	}
-	limiter := func() workqueue.TypedRateLimiter[string] {
-		return workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryFirstDelay, retryMaxDelay)
-	}
-	a.podQueue = workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Clock: a.clock})
-	a.statusQueue = workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Clock: a.clock})
-	defer a.podQueue.ShutDown()
-	defer a.statusQueue.ShutDown()
-
 	if a.store != nil {
 		a.loadCheckpoints()
 	}
@@ -336,18 +351,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	work.Go(func() { a.runNodeStatus(workCtx) })
 	work.Go(func() { a.runEvents(workCtx) })
-	for range a.cfg.PodWorkers {
-		work.Go(func() {
-			for a.processPod(workCtx) {
-			}
-		})
-	}
-	for range a.cfg.StatusWorkers {
-		work.Go(func() {
-			for a.processStatus(workCtx) {
-			}
-		})
-	}
+	work.Go(func() { _ = a.podLoop.Run(workCtx) })    // nil, or a second Run (refused above)
+	work.Go(func() { _ = a.statusLoop.Run(workCtx) }) // likewise
 	// The lease outlives the pod work by a moment, so that it is released
 	// last, by a node that has stopped acting.
 	leaseCtx, stopLease := context.WithCancel(context.WithoutCancel(ctx))
@@ -360,9 +365,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-ctx.Done()
 	a.log.Info("stopping: the pods keep running")
 	a.caches.detach(a)
-	stopWork() // first, so that the workers drain their queues without acting
-	a.podQueue.ShutDown()
-	a.statusQueue.ShutDown()
+	stopWork() // the loops drain their queues without acting
 	work.Wait()
 	a.kills.Wait()
 	stopLease()
@@ -374,7 +377,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // enqueuePod asks a pod worker to sync the pod with uid.
 func (a *Agent) enqueuePod(uid string) {
 	if uid != "" {
-		a.podQueue.Add(uid)
+		a.podLoop.Add(uid)
 	}
 }
 
@@ -398,8 +401,8 @@ func (a *Agent) enqueueAll() {
 	}
 }
 
-// runEvents turns the runtime's changes, the first successful list and the
-// resync period into work.
+// runEvents turns the runtime's changes and the first successful list into
+// work.
 func (a *Agent) runEvents(ctx context.Context) {
 	synced := make(chan struct{})
 	var waiter sync.WaitGroup
@@ -409,8 +412,6 @@ func (a *Agent) runEvents(ctx context.Context) {
 			close(synced)
 		}
 	})
-	resync := a.clock.NewTicker(a.cfg.PodResyncPeriod)
-	defer resync.Stop()
 	changes := a.rt.Changes()
 	for {
 		select {
@@ -427,8 +428,6 @@ func (a *Agent) runEvents(ctx context.Context) {
 				continue
 			}
 			a.enqueuePod(uid)
-		case <-resync.C():
-			a.enqueueAll()
 		}
 	}
 }
@@ -443,6 +442,12 @@ func (a *Agent) sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// retryLimiter is the back-off of a pod sync or status write that failed:
+// short, so that status reaches the API soon after it comes back.
+func retryLimiter() workqueue.TypedRateLimiter[string] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryFirstDelay, retryMaxDelay)
 }
 
 // nextDelay doubles a retry delay up to retryMaxDelay.

@@ -16,6 +16,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -39,23 +40,6 @@ var podKind = resource.MustLookup("Pod")
 
 // testLeaseDuration is the agents' node lease TTL: the shortest there is.
 const testLeaseDuration = 2 * time.Second
-
-// waitFor polls cond until it returns nil, failing the test with cond's
-// last error after testDeadline.
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not so after %v: %v", what, testDeadline, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // env is an API cluster and a client of it.
 type env struct {
@@ -186,7 +170,7 @@ func (e *env) createPod(name, node, restartPolicy string, commands ...[]string) 
 func (e *env) waitPodRunningReady(name string) *capstanv1.Pod {
 	e.t.Helper()
 	var pod *capstanv1.Pod
-	waitFor(e.t, "pod "+name+" Running and Ready in the API", func() error {
+	poll.For(e.t, testDeadline, "pod "+name+" Running and Ready in the API", func(context.Context) error {
 		var err error
 		if pod, err = e.pod(name); err != nil {
 			return err
@@ -204,7 +188,7 @@ func (e *env) waitPodRunningReady(name string) *capstanv1.Pod {
 
 func (e *env) waitPodGone(name string) {
 	e.t.Helper()
-	waitFor(e.t, "pod "+name+" removed from the API", func() error {
+	poll.For(e.t, testDeadline, "pod "+name+" removed from the API", func(context.Context) error {
 		_, err := e.pod(name)
 		if apierrors.IsNotFound(err) {
 			return nil
@@ -264,14 +248,14 @@ func TestRegistersNodeAndHoldsLease(t *testing.T) {
 	}
 
 	var first *capstanv1.Lease
-	waitFor(t, "node lease held", func() error {
+	poll.For(t, testDeadline, "node lease held", func(context.Context) error {
 		first, err = e.lease("node-a")
 		return err
 	})
 	if first.GetSpec().GetHolderIdentity() != "node-a" || first.GetSpec().GetLeaseDurationSeconds() != 2 {
 		t.Fatalf("lease %v", first)
 	}
-	waitFor(t, "node lease renewed", func() error {
+	poll.For(t, testDeadline, "node lease renewed", func(context.Context) error {
 		l, err := e.lease("node-a")
 		if err != nil {
 			return err
@@ -301,7 +285,7 @@ func TestLostLeaseAndUnknownReadyAreRepaired(t *testing.T) {
 	r := e.start(cfg)
 	r.waitRegistered(t)
 	var held *capstanv1.Lease
-	waitFor(t, "node lease held", func() error {
+	poll.For(t, testDeadline, "node lease held", func(context.Context) error {
 		var err error
 		held, err = e.lease("node-b")
 		return err
@@ -311,7 +295,7 @@ func TestLostLeaseAndUnknownReadyAreRepaired(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "node lease acquired again", func() error {
+	poll.For(t, testDeadline, "node lease acquired again", func(context.Context) error {
 		l, err := e.lease("node-b")
 		if err != nil {
 			return err
@@ -324,7 +308,7 @@ func TestLostLeaseAndUnknownReadyAreRepaired(t *testing.T) {
 
 	// As the controller does it: conditional on the version it read (the
 	// agent's own writes may come between: read again then).
-	waitFor(t, "Ready=Unknown written", func() error {
+	poll.For(t, testDeadline, "Ready=Unknown written", func(context.Context) error {
 		node, err := e.node("node-b")
 		if err != nil {
 			return err
@@ -337,7 +321,7 @@ func TestLostLeaseAndUnknownReadyAreRepaired(t *testing.T) {
 		}
 		return err
 	})
-	waitFor(t, "Ready=True again", func() error {
+	poll.For(t, testDeadline, "Ready=True again", func(context.Context) error {
 		node, err := e.node("node-b")
 		if err != nil {
 			return err
@@ -378,7 +362,7 @@ func TestPodLifecycleHollow(t *testing.T) {
 	if _, err := e.c.Delete(e.ctx(), podKind, "default", "forced", nil, client.GracePeriod(0)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the forcibly deleted pod stopped", func() error {
+	poll.For(t, testDeadline, "the forcibly deleted pod stopped", func(context.Context) error {
 		if rt.PodStatus(forced.GetMetadata().GetUid()) != nil {
 			return errors.New("still runs")
 		}
@@ -414,7 +398,7 @@ func TestNothingStoppedBeforeTheCacheSyncs(t *testing.T) {
 	cfg.CheckpointDir = checkpoints
 	cfg.PodWorkers = 1 // FIFO: the orphan is looked at before the checkpointed pod
 	e.start(cfg)
-	waitFor(t, "the checkpointed pod runs while the API is away", func() error {
+	poll.For(t, testDeadline, "the checkpointed pod runs while the API is away", func(context.Context) error {
 		if rt.PodStatus(kept.GetMetadata().GetUid()) == nil {
 			return errors.New("not running")
 		}
@@ -425,7 +409,7 @@ func TestNothingStoppedBeforeTheCacheSyncs(t *testing.T) {
 	}
 
 	e.api.StartReplica(0)
-	waitFor(t, "the pod the API does not have stopped", func() error {
+	poll.For(t, testDeadline, "the pod the API does not have stopped", func(context.Context) error {
 		if rt.PodStatus("orphan-uid") != nil {
 			return errors.New("still runs")
 		}

@@ -49,28 +49,6 @@ func (a *Agent) recordLocked(uid string) *podRecord {
 	return rec
 }
 
-// processPod syncs one pod from the queue; false once the queue is shut
-// down.
-func (a *Agent) processPod(ctx context.Context) bool {
-	uid, shutdown := a.podQueue.Get()
-	if shutdown {
-		return false
-	}
-	defer a.podQueue.Done(uid)
-	if ctx.Err() != nil {
-		return true // stopping: the queue drains without work
-	}
-	if err := a.syncPod(ctx, uid); err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("pod sync failed; retrying", "pod-uid", uid, "error", err)
-			a.podQueue.AddRateLimited(uid)
-		}
-		return true
-	}
-	a.podQueue.Forget(uid)
-	return true
-}
-
 // syncPod brings the pod with uid in line with what the API says of it:
 //
 //   - cached and not terminating: the runtime runs it (SyncPod);
@@ -125,7 +103,7 @@ func (a *Agent) run(ctx context.Context, pod *capstanv1.Pod) error {
 		return nil
 	}
 	err := a.rt.SyncPod(ctx, pod)
-	a.statusQueue.Add(uid)
+	a.statusLoop.Add(uid)
 	if err != nil {
 		return fmt.Errorf("sync pod %s: %w", podRef(pod), err)
 	}
@@ -208,7 +186,7 @@ func (a *Agent) startKill(ctx context.Context, uid, ref string, grace time.Durat
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("stopping pod failed; retrying", "pod", ref, "pod-uid", uid, "error", err)
-				a.podQueue.AddRateLimited(uid)
+				a.podLoop.AddRateLimited(uid)
 			}
 			return
 		}

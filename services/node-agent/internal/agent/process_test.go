@@ -22,6 +22,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/grpcserver"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/node-agent/internal/agent"
 	"github.com/capstan-dev/capstan/services/node-agent/internal/runtime"
@@ -158,7 +159,7 @@ func killPodProcesses(t *testing.T, stateDir string) {
 func waitPids(t *testing.T, uid string, want int) []int {
 	t.Helper()
 	var pids []int
-	waitFor(t, fmt.Sprintf("%d processes of pod %s", want, uid), func() error {
+	poll.For(t, testDeadline, fmt.Sprintf("%d processes of pod %s", want, uid), func(context.Context) error {
 		if pids = podPids(uid); len(pids) != want {
 			return fmt.Errorf("processes %v", pids)
 		}
@@ -169,7 +170,7 @@ func waitPids(t *testing.T, uid string, want int) []int {
 
 func waitNoPids(t *testing.T, uid string) {
 	t.Helper()
-	waitFor(t, "the processes of pod "+uid+" gone", func() error {
+	poll.For(t, testDeadline, "the processes of pod "+uid+" gone", func(context.Context) error {
 		if pids := podPids(uid); len(pids) > 0 {
 			return fmt.Errorf("processes %v", pids)
 		}
@@ -225,7 +226,7 @@ func TestPodsOutliveTheAPI(t *testing.T) {
 	if err := syscall.Kill(crashPids[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the killed container restarted while the API is away", func() error {
+	poll.For(t, testDeadline, "the killed container restarted while the API is away", func(context.Context) error {
 		pids := podPids(crashing.GetMetadata().GetUid())
 		if len(pids) != 1 || pids[0] == crashPids[0] {
 			return fmt.Errorf("processes %v (the killed one was %d)", pids, crashPids[0])
@@ -243,7 +244,7 @@ func TestPodsOutliveTheAPI(t *testing.T) {
 	}
 
 	e.api.StartReplica(0)
-	waitFor(t, "the restart reported once the API is back", func() error {
+	poll.For(t, testDeadline, "the restart reported once the API is back", func(context.Context) error {
 		pod, err := e.pod("crashing")
 		if err != nil {
 			return err
@@ -260,7 +261,7 @@ func TestPodsOutliveTheAPI(t *testing.T) {
 	if pod := e.waitPodRunningReady("steady"); pod.GetStatus().GetContainerStatuses()[0].GetRestartCount() != 0 {
 		t.Fatalf("steady pod restarted: %v", pod.GetStatus())
 	}
-	waitFor(t, "the node lease held again", func() error {
+	poll.For(t, testDeadline, "the node lease held again", func(context.Context) error {
 		_, err := e.lease(n.name)
 		return err
 	})
@@ -298,7 +299,7 @@ func TestLogsThroughTheAPI(t *testing.T) {
 	n := e.newProcessNode("proc-4")
 	e.createPod("talker", n.name, "", []string{"/bin/sh", "-c", "echo hello; echo world; exec sleep 3600"})
 	e.waitPodRunningReady("talker")
-	waitFor(t, "the node publishes its agent endpoint", func() error {
+	poll.For(t, testDeadline, "the node publishes its agent endpoint", func(context.Context) error {
 		node, err := e.node(n.name)
 		if err != nil {
 			return err
@@ -326,7 +327,7 @@ func TestLogsThroughTheAPI(t *testing.T) {
 			out.Write(chunk.GetData())
 		}
 	}
-	waitFor(t, "the whole log", func() error {
+	poll.For(t, testDeadline, "the whole log", func(context.Context) error {
 		got, err := read(&capstanv1.StreamPodLogsRequest{Name: "talker"})
 		if err != nil {
 			return err
@@ -362,7 +363,7 @@ func TestLogsThroughTheAPI(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	waitFor(t, "followed log", func() error {
+	poll.For(t, testDeadline, "followed log", func(context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if got.String() != "hello\nworld\n" {

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -27,34 +26,6 @@ const (
 	reasonPodCompleted       = "PodCompleted"
 	reasonContainerCreating  = "ContainerCreating"
 )
-
-// processStatus writes one pod's status from the queue; false once the
-// queue is shut down.
-func (a *Agent) processStatus(ctx context.Context) bool {
-	uid, shutdown := a.statusQueue.Get()
-	if shutdown {
-		return false
-	}
-	defer a.statusQueue.Done(uid)
-	if ctx.Err() != nil {
-		return true
-	}
-	if err := a.writeStatus(ctx, uid); err != nil {
-		if ctx.Err() == nil {
-			// While the API is away every pod fails like this: not worth
-			// a warning each.
-			level := a.log.Warn
-			if c := apierrors.Code(err); c == codes.Unavailable || c == codes.DeadlineExceeded {
-				level = a.log.Debug
-			}
-			level("pod status write failed; retrying", "pod-uid", uid, "error", err)
-			a.statusQueue.AddRateLimited(uid)
-		}
-		return true
-	}
-	a.statusQueue.Forget(uid)
-	return true
-}
 
 // writeStatus composes the status of the pod with uid from what the runtime
 // sees now and writes it if it differs from the newest status the API has
