@@ -13,6 +13,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 	"go.uber.org/goleak"
@@ -30,18 +31,6 @@ var (
 	nodeKind      = resource.MustLookup("Node")
 	configMapKind = resource.MustLookup("ConfigMap")
 )
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // countingHandler counts log records with one message.
 type countingHandler struct {
@@ -506,7 +495,12 @@ func TestNoFailedCallWhileReplicasStop(t *testing.T) {
 	}
 	progress := func(what string) {
 		from := ops.Load()
-		waitFor(t, what, 30*time.Second, func() bool { return ops.Load() >= from+200 })
+		poll.For(t, 30*time.Second, "200 more "+what, func(context.Context) error {
+			if done := ops.Load() - from; done < 200 {
+				return fmt.Errorf("%d calls done", done)
+			}
+			return nil
+		})
 	}
 	progress("calls before any stop")
 	for i := range 3 {

@@ -2,11 +2,13 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -69,17 +71,17 @@ func TestNotServingReplicaGetsNoCalls(t *testing.T) {
 	// that the next calls do too.
 	onlyReaches := func(want string) {
 		t.Helper()
-		waitFor(t, "calls to reach only "+want, 30*time.Second, func() bool {
-			for range 4 {
+		poll.For(t, 30*time.Second, "calls to reach only "+want, func(context.Context) error {
+			for i := range 4 {
 				resp, err := c.Cluster().GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
 				if err != nil {
 					t.Fatalf("GetClusterStatus: %v", err)
 				}
-				if resp.GetSelf().GetName() != want {
-					return false
+				if got := resp.GetSelf().GetName(); got != want {
+					return fmt.Errorf("call %d of 4 reached %s", i+1, got)
 				}
 			}
-			return true
+			return nil
 		})
 		for range 20 {
 			resp, err := c.Cluster().GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
@@ -101,11 +103,14 @@ func TestNotServingReplicaGetsNoCalls(t *testing.T) {
 	// With no replica serving, a call waits (within its deadline) instead
 	// of failing at once, and goes through when one serves again.
 	healthA.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	waitFor(t, "no replica to be serving", 30*time.Second, func() bool {
+	poll.For(t, 30*time.Second, "no replica to be serving", func(context.Context) error {
 		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		defer cancel()
-		_, err := c.Cluster().GetClusterStatus(short, &capstanv1.GetClusterStatusRequest{})
-		return err != nil
+		resp, err := c.Cluster().GetClusterStatus(short, &capstanv1.GetClusterStatusRequest{})
+		if err == nil {
+			return fmt.Errorf("a call within 100ms was answered by %s", resp.GetSelf().GetName())
+		}
+		return nil
 	})
 	result := make(chan error, 1)
 	go func() {

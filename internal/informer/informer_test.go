@@ -14,6 +14,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 	"go.uber.org/goleak"
@@ -94,17 +95,14 @@ func (r *recorder) snapshot() []string {
 // waitEvents waits until n events are recorded and returns them.
 func (r *recorder) waitEvents(t *testing.T, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		evs := r.snapshot()
-		if len(evs) >= n {
-			return evs
+	var evs []string
+	poll.For(t, 60*time.Second, fmt.Sprintf("%d events", n), func(context.Context) error {
+		if evs = r.snapshot(); len(evs) < n {
+			return fmt.Errorf("%d events: %q", len(evs), evs)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out with %d of %d events: %q", len(evs), n, evs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return evs
 }
 
 func waitSynced(t *testing.T, inf *informer.Informer) {
@@ -317,7 +315,12 @@ func TestIndexes(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	waitFor(t, "four cached objects", func() bool { return len(inf.List()) == 4 })
+	poll.For(t, 60*time.Second, "four cached objects", func(context.Context) error {
+		if got := len(inf.List()); got != 4 {
+			return fmt.Errorf("%d cached", got)
+		}
+		return nil
+	})
 	if got := teamOf("red"); !slices.Equal(got, []string{"ns1/a", "ns2/b"}) {
 		t.Errorf("team red = %q", got)
 	}
@@ -335,14 +338,24 @@ func TestIndexes(t *testing.T) {
 	if _, err := c.Update(ctx, moved); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b in team blue", func() bool { return slices.Equal(teamOf("blue"), []string{"ns2/b", "ns2/c"}) })
+	poll.For(t, 60*time.Second, "b in team blue", func(context.Context) error {
+		if got := teamOf("blue"); !slices.Equal(got, []string{"ns2/b", "ns2/c"}) {
+			return fmt.Errorf("team blue = %q", got)
+		}
+		return nil
+	})
 	if got := teamOf("red"); !slices.Equal(got, []string{"ns1/a"}) {
 		t.Errorf("team red after the move = %q", got)
 	}
 	if _, err := c.Delete(ctx, configMapKind, "ns1", "a", nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "team red empty", func() bool { return len(teamOf("red")) == 0 })
+	poll.For(t, 60*time.Second, "team red empty", func(context.Context) error {
+		if got := teamOf("red"); len(got) != 0 {
+			return fmt.Errorf("team red = %q", got)
+		}
+		return nil
+	})
 }
 
 func TestReplicaStopLosesNoEvents(t *testing.T) {
@@ -416,10 +429,13 @@ func TestResyncAndLateHandler(t *testing.T) {
 	}})
 	run(t, inf)
 	waitSynced(t, inf)
-	waitFor(t, "a resync of both objects", func() bool {
+	poll.For(t, 60*time.Second, "a resync of both objects", func(context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
-		return resynced["ns/a"] && resynced["ns/b"]
+		if !resynced["ns/a"] || !resynced["ns/b"] {
+			return fmt.Errorf("resynced %v", resynced)
+		}
+		return nil
 	})
 
 	late := &recorder{}
@@ -488,16 +504,5 @@ func TestKeys(t *testing.T) {
 		if ns, name := informer.SplitKey(tt.key); ns != tt.namespace || name != tt.name {
 			t.Errorf("SplitKey(%q) = %q, %q", tt.key, ns, name)
 		}
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -3,6 +3,8 @@ package leaderelection_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +22,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/leaderelection"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -73,6 +76,24 @@ func (c *candidate) leadership(n int) (context.Context, bool) {
 		return nil, false
 	}
 	return c.leadCtxs[n-1], true
+}
+
+// waitLeadership waits for the n-th leadership (from 1) to start and
+// returns its fenced context: IsLeader turns true just before
+// OnStartedLeading is called on its own goroutine.
+func (c *candidate) waitLeadership(t *testing.T, n int) context.Context {
+	t.Helper()
+	var leadCtx context.Context
+	poll.For(t, 10*time.Second, fmt.Sprintf("OnStartedLeading of %s's leadership %d", c.identity, n), func(context.Context) error {
+		var ok bool
+		if leadCtx, ok = c.leadership(n); !ok {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return fmt.Errorf("%d leaderships started", len(c.leadCtxs))
+		}
+		return nil
+	})
+	return leadCtx
 }
 
 func (c *candidate) stoppedCount() int {
@@ -157,23 +178,11 @@ func (c *candidate) stop() {
 	<-c.done
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitForLeader waits until exactly one of cands leads and returns it.
 func waitForLeader(t *testing.T, cands ...*candidate) *candidate {
 	t.Helper()
 	var leader *candidate
-	waitFor(t, "one leader", 30*time.Second, func() bool {
+	poll.For(t, 30*time.Second, "one leader", func(context.Context) error {
 		leader = nil
 		for _, c := range cands {
 			if c.elector.IsLeader() {
@@ -183,9 +192,29 @@ func waitForLeader(t *testing.T, cands ...*candidate) *candidate {
 				leader = c
 			}
 		}
-		return leader != nil
+		if leader == nil {
+			return errors.New("none of them leads")
+		}
+		return nil
 	})
 	return leader
+}
+
+// notDone is a poll.Condition's answer for ctx to have ended.
+func notDone(ctx context.Context) error {
+	if ctx.Err() == nil {
+		return errors.New("the context is not done")
+	}
+	return nil
+}
+
+// twoWaiters is a poll.Condition's answer for at least two timers armed on
+// clk.
+func twoWaiters(clk *clocktesting.FakeClock) error {
+	if n := clk.Waiters(); n < 2 {
+		return fmt.Errorf("%d timers armed", n)
+	}
+	return nil
 }
 
 func getLease(t *testing.T, ctx context.Context, c *client.Client) *capstanv1.Lease {
@@ -250,10 +279,13 @@ func TestOneLeaderAndHandoverOnStop(t *testing.T) {
 		t.Fatalf("lease epoch %d, leader's %d", got, firstEpoch)
 	}
 	// The standby saw the leader.
-	waitFor(t, "the standby to observe the leader", 10*time.Second, func() bool {
+	poll.For(t, 10*time.Second, "the standby to observe the leader", func(context.Context) error {
 		second.mu.Lock()
 		defer second.mu.Unlock()
-		return len(second.leaders) > 0 && second.leaders[len(second.leaders)-1] == first.identity
+		if len(second.leaders) == 0 || second.leaders[len(second.leaders)-1] != first.identity {
+			return fmt.Errorf("the standby observed leaders %q, want %s last", second.leaders, first.identity)
+		}
+		return nil
 	})
 	if id, epoch := second.elector.Leader(); id != first.identity || epoch != firstEpoch {
 		t.Fatalf("standby's Leader() = %s, %d; want %s, %d", id, epoch, first.identity, firstEpoch)
@@ -289,7 +321,7 @@ func TestMetrics(t *testing.T) {
 		_ = e.Run(ctx, leaderelection.Callbacks{OnStartedLeading: func(ctx context.Context) { <-ctx.Done() }})
 	}()
 	defer func() { cancel(); <-done }()
-	waitFor(t, "leadership", 30*time.Second, e.IsLeader)
+	poll.For(t, 30*time.Second, "leadership", poll.True(e.IsLeader))
 	lease := wellknown.SystemNamespace + "/" + leaseName
 	if got := gauge(t, reg, "capstan_leader", lease); got != 1 {
 		t.Fatalf("capstan_leader = %v while leading, want 1", got)
@@ -340,7 +372,7 @@ func TestLeaderWritesAreFenced(t *testing.T) {
 	c := newClient(t, api.Addrs())
 	a := startCandidate(t, c, "a", nil, nil)
 	waitForLeader(t, a)
-	leadCtx, _ := a.leadership(1)
+	leadCtx := a.waitLeadership(t, 1)
 	fence, ok := client.FenceFrom(leadCtx)
 	if !ok {
 		t.Fatal("the leading context carries no fence")
@@ -369,10 +401,10 @@ func TestPausedLeaderIsFencedOff(t *testing.T) {
 	a := startCandidate(t, newClient(t, api.Addrs()), "paused", frozen, nil)
 	waitForLeader(t, a)
 	oldEpoch := a.elector.Epoch()
-	leadCtx, _ := a.leadership(1)
+	leadCtx := a.waitLeadership(t, 1)
 
 	b := startCandidate(t, newClient(t, api.Addrs()), "standby", nil, nil)
-	waitFor(t, "the standby to take over after the lease expired", 30*time.Second, b.elector.IsLeader)
+	poll.For(t, 30*time.Second, "the standby to take over after the lease expired", poll.True(b.elector.IsLeader))
 	if got := b.elector.Epoch(); got <= oldEpoch {
 		t.Fatalf("new epoch %d not greater than the paused leader's %d", got, oldEpoch)
 	}
@@ -386,16 +418,26 @@ func TestPausedLeaderIsFencedOff(t *testing.T) {
 	if !apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
 		t.Fatalf("write with a stale epoch: got %v, want LEASE_NOT_HELD", err)
 	}
-	waitFor(t, "the deposed leader's context to be cancelled", 10*time.Second, func() bool { return leadCtx.Err() != nil })
-	waitFor(t, "the deposed leader to step down", 10*time.Second, func() bool { return !a.elector.IsLeader() })
+	poll.For(t, 10*time.Second, "the deposed leader's context to be cancelled", func(context.Context) error { return notDone(leadCtx) })
+	poll.For(t, 10*time.Second, "the deposed leader to step down", func(context.Context) error {
+		if a.elector.IsLeader() {
+			return errors.New("it still reports leading")
+		}
+		return nil
+	})
 	if _, err := writer.Get(ctx, configMapKind, "default", "from-deposed-leader"); !apierrors.IsNotFound(err) {
 		t.Fatalf("the refused write left something behind: %v", err)
 	}
-	waitFor(t, "OnStoppedLeading", 10*time.Second, func() bool { return a.stoppedCount() == 1 })
+	poll.For(t, 10*time.Second, "OnStoppedLeading", func(context.Context) error {
+		if n := a.stoppedCount(); n != 1 {
+			return fmt.Errorf("called %d times", n)
+		}
+		return nil
+	})
 
 	// It is a candidate again: when the new leader stops, it leads.
 	b.stop()
-	waitFor(t, "the old leader to lead again", 30*time.Second, a.elector.IsLeader)
+	poll.For(t, 30*time.Second, "the old leader to lead again", poll.True(a.elector.IsLeader))
 	if got := a.elector.Epoch(); got <= oldEpoch {
 		t.Fatalf("re-elected with epoch %d, not above %d", got, oldEpoch)
 	}
@@ -410,9 +452,9 @@ func TestLeaderStepsDownBeforeTTLWhenRenewalsFail(t *testing.T) {
 	acquiredBy := clk.Now() // the acquire was sent at or after this instant
 	a := startCandidate(t, newClient(t, api.Addrs()), "a", clk, nil)
 	waitForLeader(t, a)
-	leadCtx, _ := a.leadership(1)
+	leadCtx := a.waitLeadership(t, 1)
 	// The renewal and deadline timers are armed.
-	waitFor(t, "the leader's timers", 10*time.Second, func() bool { return clk.Waiters() >= 2 })
+	poll.For(t, 10*time.Second, "the leader's timers", func(context.Context) error { return twoWaiters(clk) })
 
 	for i := range api.Addrs() {
 		api.StopReplica(i)
@@ -421,12 +463,12 @@ func TestLeaderStepsDownBeforeTTLWhenRenewalsFail(t *testing.T) {
 	// keeps acting while its renewals fail.
 	margin := testTTL / 5
 	clk.Step(testTTL - margin - time.Millisecond)
-	waitFor(t, "a renewal attempt to fail and be retried", 10*time.Second, func() bool { return clk.Waiters() >= 2 })
+	poll.For(t, 10*time.Second, "a renewal attempt to fail and be retried", func(context.Context) error { return twoWaiters(clk) })
 	if leadCtx.Err() != nil {
 		t.Fatalf("stepped down before the deadline: %v", context.Cause(leadCtx))
 	}
 	clk.Step(time.Millisecond)
-	waitFor(t, "the leader to stop acting", 10*time.Second, func() bool { return leadCtx.Err() != nil })
+	poll.For(t, 10*time.Second, "the leader to stop acting", func(context.Context) error { return notDone(leadCtx) })
 	if a.elector.IsLeader() {
 		t.Fatal("IsLeader after the leading context was cancelled")
 	}
@@ -540,23 +582,29 @@ func TestLostAcquireAnswerIsAdopted(t *testing.T) {
 
 	direct := newClient(t, api.Addrs())
 	var epoch int64
-	waitFor(t, "the unanswered attempt to take the lease", 10*time.Second, func() bool {
+	poll.For(t, 10*time.Second, "the unanswered attempt to take the lease", func(ctx context.Context) error {
 		resp, err := direct.Leases().GetLease(ctx, &capstanv1.GetLeaseRequest{Namespace: wellknown.SystemNamespace, Name: leaseName})
 		if err != nil {
-			return false
+			return fmt.Errorf("GetLease: %w", err)
 		}
 		epoch = resp.GetLease().GetStatus().GetEpoch()
-		return resp.GetLease().GetSpec().GetHolderIdentity() == "lost-answer"
+		if holder := resp.GetLease().GetSpec().GetHolderIdentity(); holder != "lost-answer" {
+			return fmt.Errorf("the lease is held by %q", holder)
+		}
+		return nil
 	})
-	waitFor(t, "the elector to give up on the attempt", 10*time.Second, func() bool {
-		return strings.Contains(logs.String(), "acquiring the lease failed")
+	poll.For(t, 10*time.Second, "the elector to give up on the attempt", func(context.Context) error {
+		if !strings.Contains(logs.String(), "acquiring the lease failed") {
+			return errors.New(`no "acquiring the lease failed" in the log`)
+		}
+		return nil
 	})
 	if e.IsLeader() {
 		t.Fatal("leads although no answer reached it")
 	}
 	proxy.release()
 	released = true
-	waitFor(t, "the elector to lead", 10*time.Second, e.IsLeader)
+	poll.For(t, 10*time.Second, "the elector to lead", poll.True(e.IsLeader))
 	if got := e.Epoch(); got != epoch {
 		t.Fatalf("leads at epoch %d, not the lost attempt's %d", got, epoch)
 	}

@@ -29,11 +29,17 @@ type Condition func(ctx context.Context) error
 // returns nil), timeout passes or ctx ends. The error then names what was
 // awaited, how long, and cond's last answer, and wraps ctx's error.
 func Until(ctx context.Context, timeout time.Duration, what string, cond Condition) error {
+	return UntilEvery(ctx, Interval, timeout, what, cond)
+}
+
+// UntilEvery is Until asking every interval: for a benchmark, whose figure
+// must not carry a polling delay of up to Interval.
+func UntilEvery(ctx context.Context, interval, timeout time.Duration, what string, cond Condition) error {
 	if timeout <= 0 {
 		return fmt.Errorf("poll: waiting for %s: timeout is %v: every wait needs a positive deadline", what, timeout)
 	}
 	var last error
-	err := wait.PollUntilContextTimeout(ctx, Interval, timeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
 		last = cond(ctx)
 		return last == nil, nil
 	})

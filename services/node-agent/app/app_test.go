@@ -19,6 +19,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -121,21 +122,6 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not so after %v: %v", what, testDeadline, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // started is a Run going on in the background.
 type started struct {
 	addr   string
@@ -208,7 +194,7 @@ func TestRunRealNode(t *testing.T) {
 	opts.Tune = func(cfg *agent.Config) { cfg.NodeStatusCheckPeriod = 200 * time.Millisecond }
 	s := start(t, opts)
 
-	waitFor(t, "the agent's own health probe passes", func() error { return probe(s.addr) })
+	poll.For(t, testDeadline, "the agent's own health probe to pass", func(context.Context) error { return probe(s.addr) })
 	obj, err := c.Get(t.Context(), resource.MustLookup("Node"), "", "app-node")
 	if err != nil {
 		t.Fatal(err)
@@ -226,8 +212,8 @@ func TestRunRealNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the pod Running", func() error {
-		obj, err := c.Get(t.Context(), resource.MustLookup("Pod"), "default", "sleeper")
+	poll.For(t, testDeadline, "the pod Running", func(ctx context.Context) error {
+		obj, err := c.Get(ctx, resource.MustLookup("Pod"), "default", "sleeper")
 		if err != nil {
 			return err
 		}
@@ -271,7 +257,7 @@ func TestRunHollowNodes(t *testing.T) {
 	opts.LeaseDuration = 2 * time.Second
 	opts.LogOutput = &logs
 	s := start(t, opts)
-	waitFor(t, "SERVING once every hollow node registered", func() error { return probe(s.addr) })
+	poll.For(t, testDeadline, "SERVING once every hollow node registered", func(context.Context) error { return probe(s.addr) })
 	res, err := c.ListAll(t.Context(), resource.MustLookup("Node"), client.ListOptions{LabelSelector: agent.LabelHollow + "=true"})
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -80,22 +82,24 @@ func TestRunLeadsAndBinds(t *testing.T) {
 	runDone := make(chan error, 1)
 	go func() { runDone <- app.Run(ctx, opts) }()
 
-	for {
-		obj, err := c.Get(callCtx, resource.MustLookup("Pod"), "default", "pending")
+	poll.For(t, 60*time.Second, "the pod to be bound to node-1", func(waitCtx context.Context) error {
+		obj, err := c.Get(waitCtx, resource.MustLookup("Pod"), "default", "pending")
 		if err != nil {
+			if waitCtx.Err() != nil {
+				return err // the wait is over
+			}
 			t.Fatal(err)
 		}
-		if obj.(*capstanv1.Pod).GetSpec().GetNodeName() == "node-1" {
-			break
+		if node := obj.(*capstanv1.Pod).GetSpec().GetNodeName(); node != "node-1" {
+			select {
+			case err := <-runDone:
+				t.Fatalf("Run returned: %v", err)
+			default:
+			}
+			return fmt.Errorf("the pod's node is %q", node)
 		}
-		select {
-		case err := <-runDone:
-			t.Fatalf("Run returned: %v", err)
-		case <-callCtx.Done():
-			t.Fatal("the pod was never bound")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 	cancel()
 	select {
 	case err := <-runDone:

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 	"github.com/capstan-dev/capstan/services/capctl/internal/cmd"
 	"github.com/capstan-dev/capstan/services/capctl/internal/manifest"
@@ -367,13 +368,12 @@ func TestCapctl(t *testing.T) {
 		cluster.StartReplica(0)
 		cluster.StartReplica(1)
 		waitFor(t, &errOut, "listing again")
-		deadline := time.Now().Add(testDeadline)
-		for strings.Count(out.String(), "configmap/before") < 2 {
-			if time.Now().After(deadline) {
-				t.Fatalf("the object was not listed again:\n%s\nstderr:\n%s", out.String(), errOut.String())
+		poll.For(t, testDeadline, "the object to be listed again", func(context.Context) error {
+			if strings.Count(out.String(), "configmap/before") < 2 {
+				return fmt.Errorf("output:\n%s\nstderr:\n%s", out.String(), errOut.String())
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 		cancel()
 		if code := <-done; code != 0 {
 			t.Errorf("get -w exited %d; stderr:\n%s", code, errOut.String())
@@ -398,14 +398,13 @@ func TestCapctl(t *testing.T) {
 	})
 }
 
-// waitFor polls out until it contains want.
+// waitFor waits until out contains want.
 func waitFor(t *testing.T, out *syncBuffer, want string) {
 	t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for !strings.Contains(out.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the output within %v:\n%s", want, testDeadline, out.String())
+	poll.For(t, testDeadline, fmt.Sprintf("%q in the output", want), func(context.Context) error {
+		if got := out.String(); !strings.Contains(got, want) {
+			return fmt.Errorf("output:\n%s", got)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -2,15 +2,16 @@ package cmd_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -133,18 +134,17 @@ func TestLogs(t *testing.T) {
 		go func() {
 			done <- cmd.Execute(ctx, c.args([]string{"logs", "single", "-f"}), cmd.Streams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
 		}()
-		deadline := time.Now().Add(testDeadline)
-		for out.String() != "main line 1\nmain line 2\n" {
+		poll.For(t, testDeadline, "logs -f to print both lines", func(context.Context) error {
 			select {
 			case code := <-done:
 				t.Fatalf("logs -f ended by itself (exit %d): %q %q", code, out.String(), errOut.String())
 			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("logs -f printed %q", out.String())
+			if got := out.String(); got != "main line 1\nmain line 2\n" {
+				return fmt.Errorf("logs -f printed %q", got)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		cancel()
 		if code := <-done; code != 0 {
 			t.Fatalf("interrupted logs -f: exit %d, stderr %q", code, errOut.String())

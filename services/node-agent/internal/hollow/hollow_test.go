@@ -13,6 +13,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -30,21 +31,6 @@ func TestMain(m *testing.M) {
 }
 
 const testDeadline = 90 * time.Second
-
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not so after %v: %v", what, testDeadline, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func TestRuntime(t *testing.T) {
 	rt := hollow.NewRuntime(nil)
@@ -101,7 +87,7 @@ func TestHollowNodes(t *testing.T) {
 	defer c.Close()
 	ctx, cancelCalls := context.WithTimeout(context.Background(), testDeadline)
 	defer cancelCalls()
-	lease := func(name string) (*capstanv1.Lease, error) {
+	lease := func(ctx context.Context, name string) (*capstanv1.Lease, error) {
 		resp, err := c.Leases().GetLease(ctx, &capstanv1.GetLeaseRequest{Namespace: wellknown.NodeLeaseNamespace, Name: name})
 		return resp.GetLease(), err
 	}
@@ -159,10 +145,10 @@ func TestHollowNodes(t *testing.T) {
 	}
 
 	first := map[string]*capstanv1.Lease{}
-	waitFor(t, "every hollow node lease held", func() error {
+	poll.For(t, testDeadline, "every hollow node lease held", func(ctx context.Context) error {
 		for i := range count {
 			name := fmt.Sprintf("hollow-%d", i)
-			l, err := lease(name)
+			l, err := lease(ctx, name)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
@@ -170,14 +156,15 @@ func TestHollowNodes(t *testing.T) {
 		}
 		return nil
 	})
-	waitFor(t, "every hollow node lease renewed", func() error {
+	poll.For(t, testDeadline, "every hollow node lease renewed", func(ctx context.Context) error {
 		for name, l0 := range first {
-			l, err := lease(name)
+			l, err := lease(ctx, name)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			if l.GetStatus().GetEpoch() != l0.GetStatus().GetEpoch() || !l.GetStatus().GetRenewTime().AsTime().After(l0.GetStatus().GetRenewTime().AsTime()) {
-				return fmt.Errorf("%s: not renewed yet", name)
+				return fmt.Errorf("%s: not renewed yet: epoch %d, renewed at %v; first seen at epoch %d, renewed at %v", name,
+					l.GetStatus().GetEpoch(), l.GetStatus().GetRenewTime().AsTime(), l0.GetStatus().GetEpoch(), l0.GetStatus().GetRenewTime().AsTime())
 			}
 		}
 		return nil
@@ -193,7 +180,7 @@ func TestHollowNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "every pod Running and Ready", func() error {
+	poll.For(t, testDeadline, "every pod Running and Ready", func(ctx context.Context) error {
 		var notYet []string
 		for i := range count {
 			obj, err := c.Get(ctx, podKind, "default", fmt.Sprintf("pod-%d", i))
@@ -217,7 +204,7 @@ func TestHollowNodes(t *testing.T) {
 	if _, err := c.Delete(ctx, podKind, "default", "pod-3", nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the deleted pod removed by its hollow node", func() error {
+	poll.For(t, testDeadline, "the deleted pod removed by its hollow node", func(ctx context.Context) error {
 		if _, err := c.Get(ctx, podKind, "default", "pod-3"); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("still there (%v)", err)
 		}
@@ -229,7 +216,7 @@ func TestHollowNodes(t *testing.T) {
 
 	stopNodes()
 	for i := range count {
-		if _, err := lease(fmt.Sprintf("hollow-%d", i)); !apierrors.IsNotFound(err) {
+		if _, err := lease(ctx, fmt.Sprintf("hollow-%d", i)); !apierrors.IsNotFound(err) {
 			t.Errorf("hollow-%d lease after stop: %v, want released", i, err)
 		}
 	}

@@ -3,6 +3,7 @@ package runtime
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -44,16 +46,20 @@ func runHelperAgent() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if pid := pidOf(rt, "u-agent", "app"); pid != 0 {
-			fmt.Println(pid)
-			// Until the test kills this process (or closes stdin).
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			return 3
+	var pid int
+	if err := poll.Until(context.Background(), waitTimeout, "the container to start", func(context.Context) error {
+		if pid = pidOf(rt, "u-agent", "app"); pid == 0 {
+			return errors.New("no process yet")
 		}
+		return nil
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
-	fmt.Fprintln(os.Stderr, "container did not start")
-	return 2
+	fmt.Println(pid)
+	// Until the test kills this process (or closes stdin).
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 3
 }
 
 // TestProcessesSurviveAgentSIGKILL: an agent process is SIGKILLed; its
@@ -110,9 +116,11 @@ func TestProcessesSurviveAgentSIGKILL(t *testing.T) {
 	if got := pidOf(rt, "u-agent", "app"); got != pid || !processAlive(pid) {
 		t.Fatalf("SyncPod after adoption: pid %d (alive %v), want %d untouched", got, processAlive(pid), pid)
 	}
-	waitFor(t, "adopted log", func() (bool, string) {
-		out := logsOf(t, rt, "u-agent", "app", LogOptions{TailLines: -1})
-		return out == "started\n", out
+	poll.For(t, waitTimeout, "the adopted process's log", func(context.Context) error {
+		if out := logsOf(t, rt, "u-agent", "app", LogOptions{TailLines: -1}); out != "started\n" {
+			return fmt.Errorf("log %q, want %q", out, "started\n")
+		}
+		return nil
 	})
 	if err := rt.KillPod(context.Background(), "u-agent", 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -176,7 +184,12 @@ func TestAdoptAfterClose(t *testing.T) {
 	waitContainer(t, b, "u-adopt", "app", "restarted with the new command", func(cs *capstanv1.ContainerStatus) bool {
 		return isRunning(cs) && cs.GetRestartCount() == 1
 	})
-	waitFor(t, "old process gone", func() (bool, string) { return !processAlive(pid), "" })
+	poll.For(t, waitTimeout, "the old process to be gone", func(context.Context) error {
+		if processAlive(pid) {
+			return fmt.Errorf("process %d is alive", pid)
+		}
+		return nil
+	})
 	if prev := logsOf(t, b, "u-adopt", "app", LogOptions{Previous: true, TailLines: -1}); prev != "started\n" {
 		t.Errorf("previous log %q", prev)
 	}

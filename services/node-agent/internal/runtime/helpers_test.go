@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/poll"
 )
 
 func TestMain(m *testing.M) {
@@ -85,16 +86,16 @@ func shutdown(t *testing.T, rt *ProcessRuntime) {
 func killGroupAtCleanup(t *testing.T, pid int) {
 	t.Cleanup(func() {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		// Reap it if it is this process's child; ECHILD otherwise.
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
+		// Reap it if it is this process's child; ECHILD otherwise. The
+		// test's context has ended by now, so the wait has its own.
+		_ = poll.Until(context.Background(), 10*time.Second, fmt.Sprintf("process %d to be reaped", pid), func(context.Context) error {
 			var ws syscall.WaitStatus
 			got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 			if err != nil || got == pid {
-				return
+				return nil
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return errors.New("it has not exited")
+		})
 	})
 }
 
@@ -120,22 +121,9 @@ func syncPod(t *testing.T, rt *ProcessRuntime, pod *capstanv1.Pod) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after a deadline
-// with cond's last explanation.
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		last = why
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s; last: %s", what, last)
-}
+// waitTimeout bounds every wait for a state of the runtime or its
+// processes.
+const waitTimeout = 20 * time.Second
 
 // containerStatus returns the status of one container, nil if unknown.
 func containerStatus(rt *ProcessRuntime, uid, name string) *capstanv1.ContainerStatus {
@@ -163,9 +151,11 @@ func describe(cs *capstanv1.ContainerStatus) string {
 func waitContainer(t *testing.T, rt *ProcessRuntime, uid, name, what string, cond func(*capstanv1.ContainerStatus) bool) *capstanv1.ContainerStatus {
 	t.Helper()
 	var got *capstanv1.ContainerStatus
-	waitFor(t, name+" "+what, func() (bool, string) {
-		got = containerStatus(rt, uid, name)
-		return got != nil && cond(got), describe(got)
+	poll.For(t, waitTimeout, name+" "+what, func(context.Context) error {
+		if got = containerStatus(rt, uid, name); got == nil || !cond(got) {
+			return errors.New(describe(got))
+		}
+		return nil
 	})
 	return got
 }

@@ -12,6 +12,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -23,9 +24,11 @@ func TestLogsTailAndFollow(t *testing.T) {
 	syncPod(t, rt, testPod("u-logs", "", 1, shell("app",
 		waitForFile+`for i in 1 2 3 4 5; do echo line-$i; done; wait_for go; printf 'after-go\npartial'; exec sleep 300`)))
 	all := "line-1\nline-2\nline-3\nline-4\nline-5\n"
-	waitFor(t, "5 lines", func() (bool, string) {
-		out := logsOf(t, rt, "u-logs", "app", LogOptions{TailLines: -1})
-		return out == all, out
+	poll.For(t, waitTimeout, "5 lines", func(context.Context) error {
+		if out := logsOf(t, rt, "u-logs", "app", LogOptions{TailLines: -1}); out != all {
+			return fmt.Errorf("log %q", out)
+		}
+		return nil
 	})
 	for _, tt := range []struct {
 		tail int64
@@ -49,10 +52,18 @@ func TestLogsTailAndFollow(t *testing.T) {
 	go func() {
 		done <- rt.Logs(ctx, "u-logs", "app", LogOptions{Follow: true, TailLines: 1}, &follow)
 	}()
-	waitFor(t, "follow shows the tail", func() (bool, string) { return follow.String() == "line-5\n", follow.String() })
+	poll.For(t, waitTimeout, "follow to show the tail", func(context.Context) error {
+		if got := follow.String(); got != "line-5\n" {
+			return fmt.Errorf("follow shows %q", got)
+		}
+		return nil
+	})
 	touch(t, filepath.Join(workDir(rt, "u-logs"), "go"))
-	waitFor(t, "follow shows new output", func() (bool, string) {
-		return follow.String() == "line-5\nafter-go\npartial", follow.String()
+	poll.For(t, waitTimeout, "follow to show new output", func(context.Context) error {
+		if got := follow.String(); got != "line-5\nafter-go\npartial" {
+			return fmt.Errorf("follow shows %q", got)
+		}
+		return nil
 	})
 	if got := logsOf(t, rt, "u-logs", "app", LogOptions{TailLines: 1}); got != "partial" {
 		t.Errorf("tail 1 with an unterminated last line = %q", got)
@@ -90,27 +101,39 @@ func TestLogsPreviousAndFollowAcrossRestart(t *testing.T) {
 	syncPod(t, rt, testPod("u-prev", wellknown.RestartAlways, 1, shell("app", waitForFile+
 		`n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs; echo run-$n; `+
 		`if [ $n -eq 1 ]; then wait_for go; echo run-1-ends; exit 1; fi; exec sleep 300`)))
-	waitFor(t, "run 1", func() (bool, string) {
-		out := logsOf(t, rt, "u-prev", "app", LogOptions{TailLines: -1})
-		return out == "run-1\n", out
+	poll.For(t, waitTimeout, "run 1", func(context.Context) error {
+		if out := logsOf(t, rt, "u-prev", "app", LogOptions{TailLines: -1}); out != "run-1\n" {
+			return fmt.Errorf("log %q", out)
+		}
+		return nil
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var follow syncBuffer
 	done := make(chan error, 1)
 	go func() { done <- rt.Logs(ctx, "u-prev", "app", LogOptions{Follow: true, TailLines: -1}, &follow) }()
-	waitFor(t, "follow run 1", func() (bool, string) { return follow.String() == "run-1\n", follow.String() })
+	poll.For(t, waitTimeout, "follow to show run 1", func(context.Context) error {
+		if got := follow.String(); got != "run-1\n" {
+			return fmt.Errorf("follow shows %q", got)
+		}
+		return nil
+	})
 
 	touch(t, filepath.Join(workDir(rt, "u-prev"), "go"))
 	waitContainer(t, rt, "u-prev", "app", "run 2", func(cs *capstanv1.ContainerStatus) bool {
 		return isRunning(cs) && cs.GetRestartCount() == 1
 	})
-	waitFor(t, "follow into run 2", func() (bool, string) {
-		return follow.String() == "run-1\nrun-1-ends\nrun-2\n", follow.String()
+	poll.For(t, waitTimeout, "follow into run 2", func(context.Context) error {
+		if got := follow.String(); got != "run-1\nrun-1-ends\nrun-2\n" {
+			return fmt.Errorf("follow shows %q", got)
+		}
+		return nil
 	})
-	waitFor(t, "current log", func() (bool, string) {
-		out := logsOf(t, rt, "u-prev", "app", LogOptions{TailLines: -1})
-		return out == "run-2\n", out
+	poll.For(t, waitTimeout, "the current log to be run 2's", func(context.Context) error {
+		if out := logsOf(t, rt, "u-prev", "app", LogOptions{TailLines: -1}); out != "run-2\n" {
+			return fmt.Errorf("log %q", out)
+		}
+		return nil
 	})
 	if prev := logsOf(t, rt, "u-prev", "app", LogOptions{Previous: true, TailLines: -1}); prev != "run-1\nrun-1-ends\n" {
 		t.Errorf("previous log %q", prev)
@@ -142,9 +165,15 @@ func TestLogRotation(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- rt.Logs(ctx, "u-rot", "app", LogOptions{Follow: true, TailLines: -1}, &follow) }()
 		c := containerOf(t, rt, "u-rot", "app")
-		waitFor(t, "first 100 lines", func() (bool, string) {
+		poll.For(t, waitTimeout, "first 100 lines", func(context.Context) error {
 			fi, err := os.Stat(c.logPath())
-			return err == nil && fi.Size() == 900, fmt.Sprint(fi, err)
+			if err != nil {
+				return err
+			}
+			if fi.Size() != 900 {
+				return fmt.Errorf("log is %d bytes, want 900", fi.Size())
+			}
+			return nil
 		})
 		if err := c.rotateLog(rt.opts.MaxLogBytes); err != nil {
 			t.Fatal(err)
@@ -157,8 +186,11 @@ func TestLogRotation(t *testing.T) {
 		for i := range 200 {
 			fmt.Fprintf(&want, "line-%03d\n", i)
 		}
-		waitFor(t, "all 200 lines followed", func() (bool, string) {
-			return follow.String() == want.String(), fmt.Sprintf("%d bytes", len(follow.String()))
+		poll.For(t, waitTimeout, "all 200 lines followed", func(context.Context) error {
+			if got := follow.String(); got != want.String() {
+				return fmt.Errorf("followed %d bytes, want %d", len(got), want.Len())
+			}
+			return nil
 		})
 		cancel()
 		if err := <-done; err != nil {
@@ -176,9 +208,15 @@ func TestLogRotation(t *testing.T) {
 		rt := newRuntime(t, opts)
 		syncPod(t, rt, testPod("u-auto", "", 1, shell("app", `i=0; while [ $i -lt 100 ]; do echo line-$i; i=$((i+1)); done; exec sleep 300`)))
 		c := containerOf(t, rt, "u-auto", "app")
-		waitFor(t, "rotated log", func() (bool, string) {
+		poll.For(t, waitTimeout, "rotated log", func(context.Context) error {
 			fi, err := os.Stat(c.basePath() + rotatedLogExt)
-			return err == nil && fi.Size() > 500, fmt.Sprint(err)
+			if err != nil {
+				return err
+			}
+			if fi.Size() <= 500 {
+				return fmt.Errorf("%s is %d bytes, want over 500", fi.Name(), fi.Size())
+			}
+			return nil
 		})
 	})
 }

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	testclock "k8s.io/utils/clock/testing"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -98,9 +100,11 @@ func TestStartRunning(t *testing.T) {
 	if sid, err := unix.Getsid(pid); err != nil || sid != pid {
 		t.Errorf("session of %d = %d (%v), want its own", pid, sid, err)
 	}
-	waitFor(t, "log output", func() (bool, string) {
-		out := logsOf(t, rt, "u-start", "app", LogOptions{TailLines: -1})
-		return strings.Contains(out, "oops"), out
+	poll.For(t, waitTimeout, `"oops" in the log`, func(context.Context) error {
+		if out := logsOf(t, rt, "u-start", "app", LogOptions{TailLines: -1}); !strings.Contains(out, "oops") {
+			return fmt.Errorf("log %q", out)
+		}
+		return nil
 	})
 	out := logsOf(t, rt, "u-start", "app", LogOptions{TailLines: -1})
 	// PORT is the node port the runtime gave declared port 8081.
@@ -296,8 +300,11 @@ func TestLivenessProbeRestarts(t *testing.T) {
 	if err := os.Remove(healthy); err != nil {
 		t.Fatal(err)
 	}
+	// At least once: each new run fails the probe at once and is restarted
+	// after a back-off shorter than the poll interval, so a wait for
+	// exactly one restart would race the next.
 	cs := waitContainer(t, rt, "u-live", "app", "stopped for failing its probe", func(cs *capstanv1.ContainerStatus) bool {
-		return cs.GetRestartCount() == 1
+		return cs.GetRestartCount() >= 1
 	})
 	// The new run is killed in turn until the probe passes again.
 	touch(t, healthy)
@@ -350,9 +357,11 @@ func TestGracefulKillPod(t *testing.T) {
 		shell("stubborn", `trap '' TERM; echo up; while :; do sleep 0.05; done`),
 	))
 	for _, name := range []string{"polite", "stubborn"} {
-		waitFor(t, name+" up", func() (bool, string) {
-			out := logsOf(t, rt, "u-grace", name, LogOptions{TailLines: -1})
-			return hasLine(out, "up"), out
+		poll.For(t, waitTimeout, name+` to log "up"`, func(context.Context) error {
+			if out := logsOf(t, rt, "u-grace", name, LogOptions{TailLines: -1}); !hasLine(out, "up") {
+				return fmt.Errorf("log %q", out)
+			}
+			return nil
 		})
 	}
 	polite, stubborn := containerOf(t, rt, "u-grace", "polite"), containerOf(t, rt, "u-grace", "stubborn")
@@ -393,8 +402,11 @@ func TestGracefulKillPod(t *testing.T) {
 func TestKillPodContextEnds(t *testing.T) {
 	rt := newRuntime(t, fastOptions(t))
 	syncPod(t, rt, testPod("u-ctx", "", 30, shell("stubborn", `trap '' TERM; echo up; while :; do sleep 0.05; done`)))
-	waitFor(t, "up", func() (bool, string) {
-		return hasLine(logsOf(t, rt, "u-ctx", "stubborn", LogOptions{TailLines: -1}), "up"), ""
+	poll.For(t, waitTimeout, `stubborn to log "up"`, func(context.Context) error {
+		if out := logsOf(t, rt, "u-ctx", "stubborn", LogOptions{TailLines: -1}); !hasLine(out, "up") {
+			return fmt.Errorf("log %q", out)
+		}
+		return nil
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -450,9 +462,11 @@ func TestSpecChangeRestartsContainer(t *testing.T) {
 	waitContainer(t, rt, "u-spec", "b", "not ready (probe on a closed port)", func(cs *capstanv1.ContainerStatus) bool {
 		return isRunning(cs) && !cs.GetReady()
 	})
-	waitFor(t, "v2 output", func() (bool, string) {
-		out := logsOf(t, rt, "u-spec", "a", LogOptions{TailLines: -1})
-		return out == "v2\n", out
+	poll.For(t, waitTimeout, "v2 output", func(context.Context) error {
+		if out := logsOf(t, rt, "u-spec", "a", LogOptions{TailLines: -1}); out != "v2\n" {
+			return fmt.Errorf("log %q, want %q", out, "v2\n")
+		}
+		return nil
 	})
 	if prev := logsOf(t, rt, "u-spec", "a", LogOptions{Previous: true, TailLines: -1}); prev != "v1\n" {
 		t.Errorf("previous log %q", prev)
@@ -462,7 +476,12 @@ func TestSpecChangeRestartsContainer(t *testing.T) {
 	dropped := proto.CloneOf(changed)
 	dropped.Spec.Containers = dropped.Spec.Containers[:1]
 	syncPod(t, rt, dropped)
-	waitFor(t, "b stopped", func() (bool, string) { return !processAlive(pidB), "" })
+	poll.For(t, waitTimeout, "b stopped", func(context.Context) error {
+		if processAlive(pidB) {
+			return fmt.Errorf("process %d is alive", pidB)
+		}
+		return nil
+	})
 	if containerStatus(rt, "u-spec", "b") != nil {
 		t.Error("dropped container still in the status")
 	}

@@ -2,9 +2,12 @@ package queue_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/queue"
 	"go.uber.org/goleak"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -28,12 +31,12 @@ func start(t *testing.T) (*queue.Queue, *clocktesting.FakeClock) {
 		<-done
 	})
 	// Run's ticker must exist before the test moves the clock.
-	for deadline := time.Now().Add(10 * time.Second); !clk.HasWaiters(); {
-		if time.Now().After(deadline) {
-			t.Fatal("Run did not start its ticker")
+	poll.For(t, 10*time.Second, "Run to start its ticker", func(context.Context) error {
+		if !clk.HasWaiters() {
+			return errors.New("nothing waits on the clock")
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 	return q, clk
 }
 
@@ -56,14 +59,13 @@ func step(t *testing.T, q *queue.Queue, clk *clocktesting.FakeClock, d time.Dura
 	for end := clk.Now().Add(d); clk.Now().Before(end); {
 		clk.Step(50 * time.Millisecond)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for q.Stats() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: stats %+v, want %+v", d, q.Stats(), want)
+	poll.For(t, 10*time.Second, fmt.Sprintf("stats %+v after %v", want, d), func(context.Context) error {
+		if got := q.Stats(); got != want {
+			clk.Step(0)
+			return fmt.Errorf("stats %+v", got)
 		}
-		clk.Step(0)
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func wantStats(t *testing.T, q *queue.Queue, want queue.Stats) {

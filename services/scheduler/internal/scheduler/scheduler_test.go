@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"google.golang.org/protobuf/proto"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/framework"
@@ -187,25 +189,15 @@ func (e *testEnv) events(pod, reason string) []*capstanv1.Event {
 	return out
 }
 
-// waitFor polls cond until it holds.
-func (e *testEnv) waitFor(what string, cond func() bool) {
-	e.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitBound waits until pod is bound and returns its node.
 func (e *testEnv) waitBound(pod string) string {
 	e.t.Helper()
 	var node string
-	e.waitFor("pod "+pod+" to be bound", func() bool {
-		node = e.pods()[pod].GetSpec().GetNodeName()
-		return node != ""
+	poll.For(e.t, waitTimeout, "pod "+pod+" to be bound", func(context.Context) error {
+		if node = e.pods()[pod].GetSpec().GetNodeName(); node == "" {
+			return errors.New("not bound")
+		}
+		return nil
 	})
 	return node
 }
@@ -214,12 +206,15 @@ func (e *testEnv) waitBound(pod string) string {
 func (e *testEnv) waitEvent(pod, reason string) string {
 	e.t.Helper()
 	var msg string
-	e.waitFor(reason+" event of "+pod, func() bool {
+	poll.For(e.t, waitTimeout, reason+" event of "+pod, func(context.Context) error {
 		evs := e.events(pod, reason)
 		if len(evs) > 0 {
 			msg = evs[0].GetMessage()
 		}
-		return msg != ""
+		if msg == "" {
+			return fmt.Errorf("%d such events, none with a message", len(evs))
+		}
+		return nil
 	})
 	return msg
 }
@@ -282,7 +277,7 @@ func TestHostPortConflict(t *testing.T) {
 		e.createPod(podSpec{name: fmt.Sprintf("proxy-%d", i), hostPort: 8443})
 	}
 	var bound, unbound []string
-	e.waitFor("2 pods bound and 1 FailedScheduling", func() bool {
+	poll.For(t, waitTimeout, "2 pods bound and 1 FailedScheduling", func(context.Context) error {
 		bound, unbound = nil, nil
 		for name, p := range e.pods() {
 			if n := p.GetSpec().GetNodeName(); n != "" {
@@ -291,7 +286,13 @@ func TestHostPortConflict(t *testing.T) {
 				unbound = append(unbound, name)
 			}
 		}
-		return len(bound) == 2 && len(unbound) == 1 && len(e.events(unbound[0], ReasonFailedScheduling)) > 0
+		if len(bound) != 2 || len(unbound) != 1 {
+			return fmt.Errorf("bound to %v, unbound %v", bound, unbound)
+		}
+		if len(e.events(unbound[0], ReasonFailedScheduling)) == 0 {
+			return fmt.Errorf("no FailedScheduling event of %s", unbound[0])
+		}
+		return nil
 	})
 	sort.Strings(bound)
 	if !slices.Equal(bound, []string{"a", "b"}) {
@@ -333,7 +334,7 @@ func TestAssumeCacheAccounting(t *testing.T) {
 	}
 	s := e.startScheduler(nil, Options{})
 	var unbound []string
-	e.waitFor("8 pods bound and 2 with FailedScheduling events", func() bool {
+	poll.For(t, waitTimeout, "8 pods bound and 2 with FailedScheduling events", func(context.Context) error {
 		unbound = nil
 		perNode := map[string]int{}
 		for name, p := range e.pods() {
@@ -347,14 +348,14 @@ func TestAssumeCacheAccounting(t *testing.T) {
 			t.Fatalf("over-committed: pods per node %v", perNode)
 		}
 		if len(unbound) != 2 {
-			return false
+			return fmt.Errorf("pods per node %v, unbound %v", perNode, unbound)
 		}
 		for _, name := range unbound {
 			if len(e.events(name, ReasonFailedScheduling)) == 0 {
-				return false
+				return fmt.Errorf("no FailedScheduling event of %s", name)
 			}
 		}
-		return true
+		return nil
 	})
 	want := "0/2 nodes are available: 2 Insufficient cpu."
 	for _, name := range unbound {
@@ -362,8 +363,11 @@ func TestAssumeCacheAccounting(t *testing.T) {
 			t.Errorf("%s: FailedScheduling %q, want %q", name, msg, want)
 		}
 	}
-	e.waitFor("the watch to confirm every bind", func() bool {
-		return s.cache.Usage("a").Assumed == 0 && s.cache.Usage("b").Assumed == 0
+	poll.For(t, waitTimeout, "the watch to confirm every bind", func(context.Context) error {
+		if a, b := s.cache.Usage("a").Assumed, s.cache.Usage("b").Assumed; a != 0 || b != 0 {
+			return fmt.Errorf("%d binds on a and %d on b only assumed", a, b)
+		}
+		return nil
 	})
 	for _, n := range []string{"a", "b"} {
 		if u := s.cache.Usage(n); u.Pods != 4 || u.Requested.MilliCPU != 4000 {
@@ -383,14 +387,17 @@ func TestAssumeCacheAccounting(t *testing.T) {
 	if _, err := e.client.Pods().DeletePod(e.ctx, &capstanv1.DeletePodRequest{Namespace: "default", Name: victim, GracePeriodSeconds: proto.Int64(0)}); err != nil {
 		t.Fatalf("delete %s: %v", victim, err)
 	}
-	e.waitFor("one waiting pod bound in the freed room", func() bool {
+	poll.For(t, waitTimeout, "one waiting pod bound in the freed room", func(context.Context) error {
 		bound := 0
 		for _, name := range unbound {
 			if e.pods()[name].GetSpec().GetNodeName() != "" {
 				bound++
 			}
 		}
-		return bound == 1
+		if bound != 1 {
+			return fmt.Errorf("%d of the waiting pods %v bound", bound, unbound)
+		}
+		return nil
 	})
 }
 
@@ -418,7 +425,12 @@ func TestPodBoundElsewhereIsNotRebound(t *testing.T) {
 	if evs := e.events("pinned", ReasonScheduled); len(evs) != 0 {
 		t.Errorf("Scheduled events for a pod the scheduler did not bind: %v", evs)
 	}
-	e.waitFor("the cache to count pinned on a", func() bool { return s.cache.Usage("a").Pods == 1 })
+	poll.For(t, waitTimeout, "the cache to count pinned on a", func(context.Context) error {
+		if n := s.cache.Usage("a").Pods; n != 1 {
+			return fmt.Errorf("the cache counts %d pods on a", n)
+		}
+		return nil
+	})
 
 	// The race itself: a decision made from a stale view (pinned unbound),
 	// assumed on b, whose bind meets the pod bound to a.

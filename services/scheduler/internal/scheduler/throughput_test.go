@@ -9,6 +9,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 )
@@ -78,20 +79,26 @@ func BenchmarkScheduleAndBind(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	go func() { done <- s.Run(runCtx) }()
-	for {
+	// Asked every 5 ms, so the figure carries at most that much delay.
+	err = poll.UntilEvery(ctx, 5*time.Millisecond, 10*time.Minute, fmt.Sprintf("the watch to show all %d pods bound", pods), func(context.Context) error {
 		n := 0
 		for _, p := range s.pods.List() {
 			if p.GetSpec().GetNodeName() != "" {
 				n++
 			}
 		}
-		if n == pods {
-			break
+		if n != pods {
+			return fmt.Errorf("%d bound", n)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	elapsed := time.Since(start)
 	b.StopTimer()
+	if err != nil {
+		stop()
+		<-done
+		b.Fatal(err)
+	}
 	b.ReportMetric(float64(pods)/elapsed.Seconds(), "pods/s")
 	stop()
 	if err := <-done; err != nil {
