@@ -106,10 +106,7 @@ func New(c *client.Client, opts Options) (*Controller, error) {
 		ownerOfKey: make(map[string]string),
 	}
 	// Every informer, once, whether it owns or depends or both.
-	var all []*informer.Informer
-	for _, inf := range opts.Dependents {
-		all = append(all, inf)
-	}
+	all := slices.Clone(opts.Dependents)
 	for _, inf := range opts.Owners {
 		if !slices.Contains(all, inf) {
 			all = append(all, inf)

@@ -303,12 +303,12 @@ func TestLivenessProbeRestarts(t *testing.T) {
 	// At least once: each new run fails the probe at once and is restarted
 	// after a back-off shorter than the poll interval, so a wait for
 	// exactly one restart would race the next.
-	cs := waitContainer(t, rt, "u-live", "app", "stopped for failing its probe", func(cs *capstanv1.ContainerStatus) bool {
+	waitContainer(t, rt, "u-live", "app", "stopped for failing its probe", func(cs *capstanv1.ContainerStatus) bool {
 		return cs.GetRestartCount() >= 1
 	})
 	// The new run is killed in turn until the probe passes again.
 	touch(t, healthy)
-	cs = waitContainer(t, rt, "u-live", "app", "running again", func(cs *capstanv1.ContainerStatus) bool {
+	cs := waitContainer(t, rt, "u-live", "app", "running again", func(cs *capstanv1.ContainerStatus) bool {
 		return isRunning(cs) && cs.GetLastState().GetTerminated() != nil
 	})
 	term := cs.GetLastState().GetTerminated()

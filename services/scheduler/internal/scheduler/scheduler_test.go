@@ -130,7 +130,8 @@ func (e *testEnv) createPod(s podSpec) *capstanv1.Pod {
 	return resp.GetPod()
 }
 
-// startScheduler runs a Scheduler until the test ends (ctx may be nil).
+// startScheduler runs a Scheduler with ctx (a fenced one, say) until the
+// test ends.
 func (e *testEnv) startScheduler(ctx context.Context, opts Options) *Scheduler {
 	e.t.Helper()
 	if opts.Logger == nil {
@@ -142,9 +143,6 @@ func (e *testEnv) startScheduler(ctx context.Context, opts Options) *Scheduler {
 	s, err := New(e.client, opts)
 	if err != nil {
 		e.t.Fatalf("New: %v", err)
-	}
-	if ctx == nil {
-		ctx = context.Background()
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -228,7 +226,7 @@ func TestBindsOnlyToAFittingNode(t *testing.T) {
 	e.createNode(nodeSpec{name: "tainted", labels: ssd, taints: []*capstanv1.Taint{{Key: "dedicated", Value: "db", Effect: wellknown.TaintNoSchedule}}})
 	e.createNode(nodeSpec{name: "too-small", labels: ssd, cpu: "100m"})
 	e.createNode(nodeSpec{name: "other-disk", labels: map[string]string{"disk": "hdd"}})
-	e.startScheduler(nil, Options{})
+	e.startScheduler(context.Background(), Options{})
 
 	for i := range 4 {
 		name := fmt.Sprintf("web-%d", i)
@@ -257,7 +255,7 @@ func TestBindsOnlyToAFittingNode(t *testing.T) {
 func TestUnschedulablePodBoundOnceANodeIsAdded(t *testing.T) {
 	e := newEnv(t)
 	e.createNode(nodeSpec{name: "sick", notReady: true})
-	e.startScheduler(nil, Options{})
+	e.startScheduler(context.Background(), Options{})
 	e.createPod(podSpec{name: "web", cpu: "1"})
 	if msg, want := e.waitEvent("web", ReasonFailedScheduling), "0/1 nodes are available: 1 node(s) were not ready."; msg != want {
 		t.Errorf("FailedScheduling event %q, want %q", msg, want)
@@ -272,7 +270,7 @@ func TestHostPortConflict(t *testing.T) {
 	e := newEnv(t)
 	e.createNode(nodeSpec{name: "a"})
 	e.createNode(nodeSpec{name: "b"})
-	e.startScheduler(nil, Options{})
+	e.startScheduler(context.Background(), Options{})
 	for i := range 3 {
 		e.createPod(podSpec{name: fmt.Sprintf("proxy-%d", i), hostPort: 8443})
 	}
@@ -312,7 +310,7 @@ func TestSpreadsPodsOfOneOwner(t *testing.T) {
 	for i := range 6 {
 		e.createPod(podSpec{name: fmt.Sprintf("web-%d", i), cpu: "100m", owner: "web"})
 	}
-	e.startScheduler(nil, Options{})
+	e.startScheduler(context.Background(), Options{})
 	perNode := map[string]int{}
 	for i := range 6 {
 		perNode[e.waitBound(fmt.Sprintf("web-%d", i))]++
@@ -332,7 +330,7 @@ func TestAssumeCacheAccounting(t *testing.T) {
 	for i := range 10 {
 		e.createPod(podSpec{name: fmt.Sprintf("job-%d", i), cpu: "1"})
 	}
-	s := e.startScheduler(nil, Options{})
+	s := e.startScheduler(context.Background(), Options{})
 	var unbound []string
 	poll.For(t, waitTimeout, "8 pods bound and 2 with FailedScheduling events", func(context.Context) error {
 		unbound = nil
@@ -406,7 +404,7 @@ func TestAssumeCacheAccounting(t *testing.T) {
 func TestPodBoundElsewhereIsNotRebound(t *testing.T) {
 	e := newEnv(t)
 	e.createNode(nodeSpec{name: "a"})
-	s := e.startScheduler(nil, Options{})
+	s := e.startScheduler(context.Background(), Options{})
 	pod := e.createPod(podSpec{name: "pinned", selector: map[string]string{"disk": "ssd"}})
 	e.waitEvent("pinned", ReasonFailedScheduling)
 
