@@ -13,6 +13,10 @@
 // translated to the apierrors vocabulary (see statusOf): no quorum or no
 // answer in time is UNAVAILABLE, a compacted revision OUT_OF_RANGE.
 //
+// The store knows no kind: fields that, like resource_version, are revisions
+// of the key rather than part of the value are its caller's to fill, from the
+// create revision handed to Options.StampCreateRevision.
+//
 // A Store is safe for concurrent use. Each Watch runs one goroutine and one
 // etcd watch stream of its own, both gone when the watch ends.
 package etcd3
@@ -24,7 +28,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"log/slog"
 	"strings"
 	"time"
@@ -52,12 +55,23 @@ const compactionProbeTimeout = 2 * time.Second
 type Options struct {
 	// Logger receives the errors the store decides to drop (nil: discard).
 	Logger *slog.Logger
+	// StampCreateRevision, if set, is called on every object the store
+	// returns — read, listed, watched, or the result of a write — with the
+	// create revision of its key, before the caller sees it. The create
+	// revision is etcd's, like the mod revision behind resource_version, so
+	// the store hands it out rather than storing it; what it means for a kind
+	// (a Lease's epoch) is the caller's business. The only object returned
+	// without it is a watch's Deleted event whose previous value etcd
+	// compacted away: that object is known by its key alone. It must not
+	// block; it is called from the caller's goroutine or a watch's.
+	StampCreateRevision func(obj storage.Object, createRevision int64)
 }
 
 // Store is the etcd implementation of storage.Interface.
 type Store struct {
 	client *clientv3.Client
 	log    *slog.Logger
+	stamp  func(obj storage.Object, createRevision int64)
 }
 
 var _ storage.Interface = (*Store)(nil)
@@ -69,7 +83,11 @@ func New(client *clientv3.Client, opts Options) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{client: client, log: log}
+	stamp := opts.StampCreateRevision
+	if stamp == nil {
+		stamp = func(storage.Object, int64) {}
+	}
+	return &Store{client: client, log: log, stamp: stamp}
 }
 
 // marshalOptions make equal objects encode to equal bytes.
@@ -93,28 +111,18 @@ func encode(key string, obj storage.Object) ([]byte, error) {
 	return data, nil
 }
 
-// decode reads a stored value into a new object stamped with its revision.
-func decode(kv *mvccpb.KeyValue, newObj storage.NewFunc) (storage.Object, error) {
+// decode reads a stored value into a new object stamped with its key's
+// revisions: resource_version from the mod revision, and whatever
+// StampCreateRevision derives from the create revision.
+func (s *Store) decode(kv *mvccpb.KeyValue, newObj storage.NewFunc) (storage.Object, error) {
 	obj := newObj()
 	if err := proto.Unmarshal(kv.Value, obj); err != nil {
 		return nil, apierrors.Internal("stored value of %s is not a valid %s: %v",
 			kv.Key, obj.ProtoReflect().Descriptor().FullName(), err)
 	}
 	resource.Meta(obj).ResourceVersion = kv.ModRevision
-	stampEpoch(obj, kv.CreateRevision)
+	s.stamp(obj, kv.CreateRevision)
 	return obj, nil
-}
-
-// stampEpoch sets a Lease's epoch, which, like resource_version, is a
-// revision of its key and not stored in its value: the create revision, so
-// every holding (each one creates the key anew) gets a larger one.
-func stampEpoch(obj storage.Object, createRevision int64) {
-	if lease, ok := obj.(*capstanv1.Lease); ok {
-		if lease.Status == nil {
-			lease.Status = &capstanv1.LeaseStatus{}
-		}
-		lease.Status.Epoch = createRevision
-	}
 }
 
 // withLeader marks ctx so that an etcd member without a leader refuses the
@@ -179,7 +187,9 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		kind, ns, name := objectRef(key)
 		return nil, apierrors.AlreadyExists(kind, ns, name)
 	}
+	// The key was created by this transaction: both revisions are its own.
 	resource.Meta(stored).ResourceVersion = resp.Header.Revision
+	s.stamp(stored, resp.Header.Revision)
 	return stored, nil
 }
 
@@ -193,7 +203,7 @@ func (s *Store) Get(ctx context.Context, key string, newObj storage.NewFunc) (st
 		kind, ns, name := objectRef(key)
 		return nil, apierrors.NotFound(kind, ns, name)
 	}
-	return decode(resp.Kvs[0], newObj)
+	return s.decode(resp.Kvs[0], newObj)
 }
 
 // checkPreconditions returns ABORTED if cur does not satisfy pre.
@@ -274,7 +284,7 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 			kind, ns, name := objectRef(key)
 			return nil, apierrors.NotFound(kind, ns, name)
 		}
-		cur, err := decode(kv, newObj)
+		cur, err := s.decode(kv, newObj)
 		if err != nil {
 			return nil, err
 		}
@@ -303,7 +313,9 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 			return nil, err
 		}
 		if resp != nil {
+			// A put keeps the key's create revision.
 			resource.Meta(next).ResourceVersion = resp.Header.Revision
+			s.stamp(next, kv.CreateRevision)
 			return next, nil
 		}
 		s.log.DebugContext(ctx, "update lost a race; retrying", "key", key, "attempt", attempt)
@@ -326,7 +338,7 @@ func (s *Store) Delete(ctx context.Context, key string, newObj storage.NewFunc, 
 			kind, ns, name := objectRef(key)
 			return nil, apierrors.NotFound(kind, ns, name)
 		}
-		cur, err := decode(kv, newObj)
+		cur, err := s.decode(kv, newObj)
 		if err != nil {
 			return nil, err
 		}
@@ -419,7 +431,7 @@ func (s *Store) List(ctx context.Context, prefix string, newObj storage.NewFunc,
 			rev = resp.Header.Revision
 		}
 		for i, kv := range resp.Kvs {
-			obj, err := decode(kv, newObj)
+			obj, err := s.decode(kv, newObj)
 			if err != nil {
 				return storage.ListResult{}, err
 			}

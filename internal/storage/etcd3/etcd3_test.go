@@ -13,6 +13,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/etcdtest"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/storage"
 	"github.com/capstan-dev/capstan/internal/storage/storagetest"
@@ -186,6 +187,100 @@ func TestStoredValues(t *testing.T) {
 		t.Fatal("an undecodable value produced an event")
 	}
 	checkInternal("watch", w.Err())
+}
+
+// TestStampCreateRevision: every object the store returns — a write's
+// result, a read, a list, a watch event — goes through
+// Options.StampCreateRevision with its key's create revision, which etcd
+// keeps across updates; a store without the hook returns the objects as they
+// are stored.
+func TestStampCreateRevision(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	ctx := t.Context()
+	const stamp = "create-revision"
+	store := New(client, Options{
+		Logger: testLogger(t),
+		StampCreateRevision: func(obj storage.Object, createRevision int64) {
+			meta := resource.Meta(obj)
+			if meta.Annotations == nil {
+				meta.Annotations = map[string]string{}
+			}
+			meta.Annotations[stamp] = fmt.Sprint(createRevision)
+		},
+	})
+	prefix := configMaps.Prefix("stamp")
+	key := configMaps.Key("stamp", "a")
+	w, err := store.Watch(ctx, prefix, newConfigMap, storage.WatchOptions{ResourceVersion: 1})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	defer w.Stop()
+
+	check := func(what string, obj storage.Object, want int64) {
+		t.Helper()
+		if got := resource.Meta(obj).GetAnnotations()[stamp]; got != fmt.Sprint(want) {
+			t.Errorf("%s: stamped create revision %q, want %d", what, got, want)
+		}
+	}
+	in := configMap("a")
+	in.Metadata.Namespace = "stamp"
+	created, err := store.Create(ctx, key, in, storage.WriteOptions{})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	createRev := resource.Meta(created).GetResourceVersion()
+	check("create", created, createRev)
+	updated, err := store.Update(ctx, key, newConfigMap, storage.Preconditions{},
+		func(cur storage.Object) (storage.Object, error) {
+			cur.(*capstanv1.ConfigMap).Data["k"] = "updated"
+			return cur, nil
+		}, storage.WriteOptions{})
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if resource.Meta(updated).GetResourceVersion() == createRev {
+		t.Fatal("the update wrote nothing")
+	}
+	check("update", updated, createRev)
+	got, err := store.Get(ctx, key, newConfigMap)
+	if err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	check("get", got, createRev)
+	list, err := store.List(ctx, prefix, newConfigMap, storage.ListOptions{})
+	if err != nil || len(list.Items) != 1 {
+		t.Fatalf("list = %v, %v", list.Items, err)
+	}
+	check("list", list.Items[0], createRev)
+	deleted, err := store.Delete(ctx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{})
+	if err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	check("delete", deleted, createRev)
+	for _, typ := range []storage.EventType{storage.Added, storage.Modified, storage.Deleted} {
+		select {
+		case ev, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("watch ended: %v", w.Err())
+			}
+			if ev.Type != typ {
+				t.Fatalf("event %v, want %v", ev.Type, typ)
+			}
+			check(fmt.Sprintf("watch event %v", typ), ev.Object, createRev)
+		case <-time.After(15 * time.Second):
+			t.Fatalf("no %v event within 15s", typ)
+		}
+	}
+
+	plain := New(client, Options{Logger: testLogger(t)})
+	again, err := plain.Create(ctx, key, in, storage.WriteOptions{})
+	if err != nil {
+		t.Fatalf("create without the hook: %v", err)
+	}
+	if got, err := plain.Get(ctx, key, newConfigMap); err != nil || len(got.GetMetadata().GetAnnotations()) != 0 || !proto.Equal(got, again) {
+		t.Fatalf("get without the hook = %v, %v; want %v", got, err, again)
+	}
 }
 
 // TestTTLLease: a key written with an etcd lease goes with it, and an
@@ -363,22 +458,19 @@ func TestWatchAcrossMemberStop(t *testing.T) {
 	// writing the same value again is a no-op, so a retry cannot double it.
 	set := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		poll.For(t, 30*time.Second, fmt.Sprintf("n=%d written", n), func(ctx context.Context) error {
 			callCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
 			_, err := store.Update(callCtx, key, newConfigMap, storage.Preconditions{},
 				func(cur storage.Object) (storage.Object, error) {
 					cur.(*capstanv1.ConfigMap).Data["n"] = fmt.Sprint(n)
 					return cur, nil
 				}, storage.WriteOptions{})
-			cancel()
-			if err == nil {
-				return
-			}
-			if apierrors.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			if err != nil && apierrors.Code(err) != codes.Unavailable {
 				t.Fatalf("set %d: %v", n, err)
 			}
-		}
+			return err
+		})
 	}
 
 	const perPhase = 5

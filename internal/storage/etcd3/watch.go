@@ -242,7 +242,7 @@ func (w *watcher) translate(ev *clientv3.Event) (storage.Event, bool, error) {
 			meta.ResourceVersion = rev
 			return storage.Event{Type: storage.Deleted, Object: obj, Revision: rev}, true, nil
 		}
-		prev, err := decode(ev.PrevKv, w.newObj)
+		prev, err := w.store.decode(ev.PrevKv, w.newObj)
 		if err != nil {
 			return storage.Event{}, false, err
 		}
@@ -252,7 +252,7 @@ func (w *watcher) translate(ev *clientv3.Event) (storage.Event, bool, error) {
 		resource.Meta(prev).ResourceVersion = rev
 		return storage.Event{Type: storage.Deleted, Object: prev, Revision: rev}, true, nil
 	}
-	cur, err := decode(ev.Kv, w.newObj)
+	cur, err := w.store.decode(ev.Kv, w.newObj)
 	if err != nil {
 		return storage.Event{}, false, err
 	}
@@ -268,7 +268,7 @@ func (w *watcher) translate(ev *clientv3.Event) (storage.Event, bool, error) {
 	// one as nothing.
 	prevMatches := true
 	if pred != nil && ev.PrevKv != nil {
-		prev, err := decode(ev.PrevKv, w.newObj)
+		prev, err := w.store.decode(ev.PrevKv, w.newObj)
 		if err != nil {
 			return storage.Event{}, false, err
 		}

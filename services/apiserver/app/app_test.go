@@ -14,12 +14,15 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/etcdtest"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 )
 
@@ -92,26 +95,50 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 	return conn
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
+// waitTimeout bounds every wait for a replica's state; far above what it
+// takes, so a slow shared machine does not fail a test.
+const waitTimeout = 30 * time.Second
+
+// healthIs holds once the server behind conn reports want.
+func healthIs(conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus) poll.Condition {
+	health := healthpb.NewHealthClient(conn)
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
+		if resp.GetStatus() != want {
+			return fmt.Errorf("health %v", resp.GetStatus())
+		}
+		return nil
 	}
 }
 
 func waitServing(t *testing.T, conn *grpc.ClientConn) {
 	t.Helper()
-	health := healthpb.NewHealthClient(conn)
-	eventually(t, "health is SERVING", func() bool {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
-	})
+	poll.For(t, waitTimeout, "health is SERVING", healthIs(conn, healthpb.HealthCheckResponse_SERVING))
+}
+
+// registeredNames holds once cluster status through conn lists exactly
+// want (comma-separated, in order).
+func registeredNames(conn *grpc.ClientConn, want string) poll.Condition {
+	cluster := capstanv1.NewClusterServiceClient(conn)
+	return func(ctx context.Context) error {
+		st, err := cluster.GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, a := range st.GetApiServers() {
+			names = append(names, a.GetName())
+		}
+		if got := strings.Join(names, ","); got != want {
+			return fmt.Errorf("registered: %q", got)
+		}
+		return nil
+	}
 }
 
 func listServices(t *testing.T, conn *grpc.ClientConn) []string {
@@ -176,9 +203,12 @@ func TestRunEmbedded(t *testing.T) {
 	// Cluster status: this replica, registered, on its one healthy member.
 	cluster := capstanv1.NewClusterServiceClient(conn)
 	var status *capstanv1.GetClusterStatusResponse
-	eventually(t, "the replica is registered", func() bool {
+	poll.For(t, waitTimeout, "the replica is registered", func(ctx context.Context) error {
 		status, err = cluster.GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
-		return err == nil && len(status.GetApiServers()) == 1
+		if err == nil && len(status.GetApiServers()) != 1 {
+			err = fmt.Errorf("%d replicas registered", len(status.GetApiServers()))
+		}
+		return err
 	})
 	self := status.GetSelf()
 	if self.GetName() != "apiserver-1" || self.GetAddress() != addr || self.GetEtcdMember() != "apiserver-1" || self.GetStartTime() == nil {
@@ -223,14 +253,14 @@ func TestRunThreeStackedReplicas(t *testing.T) {
 		if i == 0 {
 			// Alone, the first replica answers, NOT_SERVING.
 			health := healthpb.NewHealthClient(conns[0])
-			eventually(t, "the first replica answers health checks", func() bool {
-				ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			poll.For(t, waitTimeout, "the first replica answers health checks", func(ctx context.Context) error {
+				ctx, cancel := context.WithTimeout(ctx, time.Second)
 				defer cancel()
 				resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
 				if err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 					t.Fatalf("first replica of three, alone: %v", resp.GetStatus())
 				}
-				return err == nil
+				return err
 			})
 		}
 	}
@@ -238,9 +268,12 @@ func TestRunThreeStackedReplicas(t *testing.T) {
 		waitServing(t, conn)
 	}
 	cluster := capstanv1.NewClusterServiceClient(conns[1])
-	eventually(t, "every replica is registered", func() bool {
-		status, err := cluster.GetClusterStatus(t.Context(), &capstanv1.GetClusterStatusRequest{})
-		return err == nil && len(status.GetApiServers()) == 3 && len(status.GetEtcdMembers()) == 3 && status.GetQuorum()
+	poll.For(t, waitTimeout, "every replica is registered", func(ctx context.Context) error {
+		status, err := cluster.GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
+		if err == nil && !(len(status.GetApiServers()) == 3 && len(status.GetEtcdMembers()) == 3 && status.GetQuorum()) {
+			err = fmt.Errorf("%d replicas, %d etcd members, quorum %v", len(status.GetApiServers()), len(status.GetEtcdMembers()), status.GetQuorum())
+		}
+		return err
 	})
 
 	// A write through one replica is read through another.
@@ -286,6 +319,101 @@ func TestRunExternalEtcd(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("Run after cancel: %v", err)
+	}
+}
+
+// startServer starts a server with Start and shuts it down when the test
+// ends (a no-op if the test stopped it; the tests check Shutdown's result
+// where it matters).
+func startServer(t *testing.T, opts Options) *Server {
+	t.Helper()
+	s, err := Start(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	return s
+}
+
+// TestKillAndShutdown: Kill stops a server as a dead process stops — its
+// address refuses, it stays registered — while Shutdown deregisters it; both
+// leave Done closed and Err nil.
+func TestKillAndShutdown(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	var servers []*Server
+	var conns []*grpc.ClientConn
+	for _, name := range []string{"a", "b", "c"} {
+		opts := testOptions(t, name)
+		opts.EtcdEndpoints = cluster.ClientURLs()
+		s := startServer(t, opts)
+		if s.Addr() != opts.Listener.Addr().String() {
+			t.Fatalf("Addr() = %s, want the listener's %s", s.Addr(), opts.Listener.Addr())
+		}
+		servers = append(servers, s)
+		conns = append(conns, dial(t, s.Addr()))
+	}
+	for _, conn := range conns {
+		waitServing(t, conn)
+	}
+	poll.For(t, waitTimeout, "every server is registered", registeredNames(conns[0], "a,b,c"))
+
+	servers[1].Kill()
+	select {
+	case <-servers[1].Done():
+	default:
+		t.Fatal("Done is open after Kill returned")
+	}
+	if err := servers[1].Err(); err != nil {
+		t.Errorf("Err after Kill = %v, want nil", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := healthpb.NewHealthClient(conns[1]).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(false)); status.Code(err) != codes.Unavailable {
+		t.Errorf("health check of a killed server = %v, want UNAVAILABLE", err)
+	}
+	if err := registeredNames(conns[0], "a,b,c")(t.Context()); err != nil {
+		t.Errorf("a killed server deregistered: %v", err)
+	}
+	servers[1].Kill() // a second stop returns at once
+	if err := servers[1].Shutdown(t.Context()); err != nil {
+		t.Errorf("Shutdown after Kill = %v, want nil", err)
+	}
+
+	if err := servers[2].Shutdown(t.Context()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := registeredNames(conns[0], "a,b")(t.Context()); err != nil {
+		t.Errorf("after c's shutdown: %v", err)
+	}
+}
+
+// TestStopsOnItsOwn: a server whose gRPC server fails shuts itself down and
+// says why.
+func TestStopsOnItsOwn(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	opts := testOptions(t, "a")
+	opts.EtcdEndpoints = cluster.ClientURLs()
+	s := startServer(t, opts)
+	waitServing(t, dial(t, s.Addr()))
+	opts.Listener.Close() // Serve fails on its next accept
+	select {
+	case <-s.Done():
+	case <-time.After(waitTimeout):
+		t.Fatalf("the server did not stop within %v of losing its listener", waitTimeout)
+	}
+	if err := s.Err(); err == nil || !strings.Contains(err.Error(), "gRPC server stopped") {
+		t.Fatalf("Err = %v, want the gRPC server's failure", err)
+	}
+	if err := s.Shutdown(t.Context()); err != s.Err() {
+		t.Fatalf("Shutdown after a failure = %v, want Err %v", err, s.Err())
+	}
+}
+
+func TestStartRejectsProbeMode(t *testing.T) {
+	opts := DefaultOptions()
+	opts.HealthProbe = "127.0.0.1:6441"
+	if _, err := Start(t.Context(), opts); err == nil || err.Error() != "apiserver: --health-probe 127.0.0.1:6441: a probe is not a server; use Run" {
+		t.Fatalf("Start in probe mode: %v", err)
 	}
 }
 

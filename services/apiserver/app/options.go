@@ -1,10 +1,15 @@
 // Package app wires the API server: its options and flags, the embedded
 // etcd member (or the client of an external cluster), storage, the API
-// services, cluster status, health and an orderly shutdown. main only parses
-// flags and calls Run; tests call Run in-process.
+// services, cluster status, health and an orderly shutdown.
 //
-// Run blocks until its context ends; it is not meant to be called twice
-// concurrently with the same ports or data directory. Options is plain data.
+// Start is the one assembly of the server: the binary and the in-process
+// replicas of package apiservertest both run what it builds, so tests run
+// the server that ships. main only parses flags and calls Run, which is
+// Start, a wait for its context, and Server.Shutdown.
+//
+// Run blocks until its context ends. A Server's methods are safe for
+// concurrent use; two servers must not share ports or a data directory.
+// Options is plain data.
 package app
 
 import (

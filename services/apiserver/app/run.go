@@ -2,28 +2,15 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/logging"
 	"log/slog"
-	"net"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap/zapcore"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/grpcserver"
-	"github.com/capstan-dev/capstan/internal/storage/etcd3"
-	"github.com/capstan-dev/capstan/internal/version"
-	"github.com/capstan-dev/capstan/services/apiserver/internal/api"
-	"github.com/capstan-dev/capstan/services/apiserver/internal/clusterstatus"
-	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdendpoints"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdmember"
-	"github.com/capstan-dev/capstan/services/apiserver/internal/leases"
-	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 )
 
 // Timings of the API server's own machinery (not flags: they follow from
@@ -46,165 +33,34 @@ const (
 // it need not exist.
 const quorumCheckKey = "/capstan-internal/quorum-check"
 
-// Run runs the API server until ctx ends, then shuts it down in order:
-// health NOT_SERVING, gRPC graceful stop, deregistration, etcd client, the
-// embedded member. It returns nil after a clean shutdown, and an error if
-// the options are invalid, something fails to start, or the server or the
-// embedded member stops on its own. In probe mode (HealthProbe) it only
-// checks that address's health.
+// Run runs the API server until ctx ends, then shuts it down in order (see
+// Server.Shutdown): it is Start, a wait, and Shutdown. It returns nil after a
+// clean shutdown, and an error if the options are invalid, something fails
+// to start, or the server or the embedded member stops on its own. In probe
+// mode (HealthProbe) it only checks that address's health.
 func Run(ctx context.Context, opts Options) error {
-	opts = opts.Complete()
-	if err := opts.Validate(); err != nil {
-		return fmt.Errorf("apiserver: %w", err)
-	}
 	if opts.HealthProbe != "" {
+		if err := opts.Validate(); err != nil {
+			return fmt.Errorf("apiserver: %w", err)
+		}
 		probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
 		defer cancel()
 		return grpcserver.Probe(probeCtx, opts.HealthProbe)
 	}
-	logger, err := newLogger(opts)
+	s, err := Start(ctx, opts)
 	if err != nil {
 		return err
 	}
-	startTime := time.Now()
-
-	lis := opts.Listener
-	if lis == nil {
-		if lis, err = net.Listen("tcp", opts.Listen); err != nil {
-			return fmt.Errorf("apiserver: %w", err)
-		}
-	}
-	// Whatever fails below must release what was started before it.
-	var cleanups []func()
-	cleanup := func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}
-	cleanups = append(cleanups, func() { lis.Close() })
-
-	var member *etcdmember.Member
-	endpoints := opts.EtcdEndpoints
-	if len(endpoints) == 0 {
-		member, err = etcdmember.Start(ctx, opts.memberConfig(logger.With("subsystem", "etcd")))
-		if err != nil {
-			cleanup()
-			return fmt.Errorf("apiserver: %w", err)
-		}
-		cleanups = append(cleanups, func() { closeMember(logger, member) })
-		endpoints = []string{member.ClientURL()}
-		logger.Info("embedded etcd member started; waiting for its cluster", "etcd-member", member.Name(), "etcd-client-url", member.ClientURL(), "etcd-peer-url", member.PeerURL())
-	}
-
-	client, err := clientv3.New(clientv3.Config{
-		// etcdendpoints.Track keeps the list to the members that are ready.
-		Endpoints: endpoints,
-		// Notice a dead or frozen member within seconds and move on.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 3 * time.Second,
-		Logger:               etcdmember.NewZapLogger(logger.With("subsystem", "etcd-client"), zapcore.ErrorLevel),
-	})
-	if err != nil {
-		cleanup()
-		return fmt.Errorf("apiserver: etcd client of %v: %w", endpoints, err)
-	}
-	cleanups = append(cleanups, func() {
-		if err := client.Close(); err != nil && !errors.Is(err, context.Canceled) {
-			logger.Warn("closing the etcd client", "error", err)
-		}
-	})
-
-	store := etcd3.New(client, etcd3.Options{Logger: logger.With("subsystem", "storage")})
-	reg := registry.New(store, registry.Options{Logger: logger.With("subsystem", "registry"), BookmarkInterval: opts.BookmarkInterval})
-	srv := grpcserver.New(grpcserver.Options{
-		Logger:          logger.With("subsystem", "grpc"),
-		RequestTimeout:  opts.RequestTimeout,
-		MaxRequestBytes: opts.MaxRequestBytes,
-	})
-	closeAPI, err := api.Register(srv, reg, leases.New(client, logger.With("subsystem", "leases")))
-	if err != nil {
-		cleanup()
-		return fmt.Errorf("apiserver: register the API: %w", err)
-	}
-	cleanups = append(cleanups, closeAPI) // runs after the gRPC server stopped
-	self := &capstanv1.ApiServer{
-		Name:      opts.Name,
-		Address:   opts.AdvertiseAddress,
-		StartTime: timestamppb.New(startTime),
-		Version:   version.Version,
-	}
-	if member != nil {
-		self.EtcdMember = member.Name()
-	}
-	status, err := clusterstatus.New(clusterstatus.Options{Client: client, Self: self, Logger: logger.With("subsystem", "cluster-status")})
-	if err != nil {
-		cleanup()
-		return fmt.Errorf("apiserver: %w", err)
-	}
-	capstanv1.RegisterClusterServiceServer(srv, status)
-
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	logger.Info("serving gRPC; NOT_SERVING until etcd has a quorum", "address", lis.Addr().String(), "advertise-address", opts.AdvertiseAddress, "etcd-endpoints", endpoints, "version", self.Version)
-
-	monitorCtx, stopMonitor := context.WithCancel(context.WithoutCancel(ctx))
-	monitorDone := make(chan struct{})
-	go func() {
-		defer close(monitorDone)
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			etcdendpoints.Track(monitorCtx, client, etcdendpoints.Options{Logger: logger.With("subsystem", "etcd-endpoints")})
-		})
-		monitorQuorum(monitorCtx, client, srv, logger)
-		wg.Wait()
-	}()
-	registrationCtx, stopRegistration := context.WithCancel(context.WithoutCancel(ctx))
-	registrationDone := make(chan struct{})
-	go func() {
-		defer close(registrationDone)
-		_ = status.Run(registrationCtx) // always nil; it logs its own failures
-	}()
-
-	var runErr error
-	var memberDone <-chan struct{}
-	if member != nil {
-		memberDone = member.Done()
-	}
 	select {
 	case <-ctx.Done():
-		logger.Info("shutting down")
-	case err := <-served:
-		served <- err // for the wait below
-		runErr = fmt.Errorf("apiserver: gRPC server stopped: %w", err)
-		logger.Error("gRPC server stopped on its own; shutting down", "error", err)
-	case <-memberDone:
-		runErr = fmt.Errorf("apiserver: %w", member.Err())
-		logger.Error("embedded etcd member stopped on its own; shutting down", "error", member.Err())
+	case <-s.Done():
 	}
-
-	stopMonitor()
-	<-monitorDone
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grpcStopTimeout)
-	if err := srv.Stop(stopCtx); err != nil {
-		logger.Warn("graceful gRPC stop timed out; remaining calls were cut off", "error", err)
-	}
-	cancel()
-	if err := <-served; err != nil && runErr == nil {
-		runErr = fmt.Errorf("apiserver: %w", err)
-	}
-	stopRegistration()
-	<-registrationDone
-	cleanup()
-	if runErr == nil {
-		logger.Info("stopped")
-	}
-	return runErr
+	return s.Shutdown(context.WithoutCancel(ctx))
 }
 
-// monitorQuorum sets the health status from a linearizable read every
-// second: SERVING while etcd answers one, NOT_SERVING otherwise. The first
-// success also refreshes the client's endpoints from the member list, so the
-// client reaches every member, not only the one it started with.
+// monitorQuorum sets the health status from a linearizable read, made at
+// once and then every second: SERVING while etcd answers one, NOT_SERVING
+// otherwise. It returns when ctx ends, leaving the status as it was.
 func monitorQuorum(ctx context.Context, client *clientv3.Client, srv *grpcserver.Server, logger *slog.Logger) {
 	serving, everServed := false, false
 	ticker := time.NewTicker(quorumCheckInterval)

@@ -9,6 +9,12 @@
 // serves all kinds. Methods outside the convention (PodService/BindPod) are
 // registered explicitly; Register fails if any method of a service is left
 // without a handler, so a proto change cannot silently go unserved.
+//
+// A call that writes may carry a fence (the caller's lease and epoch) in its
+// metadata; its handler parses it once, refusing a malformed one with
+// INVALID_ARGUMENT, and passes it to each registry write as
+// registry.WriteOptions.
+//
 // Handlers are safe for concurrent use.
 package api
 
@@ -32,14 +38,18 @@ const fieldGracePeriodSeconds = "grace_period_seconds"
 // unaryFunc serves one unary call on decoded messages.
 type unaryFunc func(ctx context.Context, req proto.Message) (proto.Message, error)
 
+// writeFunc serves one unary call that writes; opts guard each of its
+// writes and come from the call's metadata (see fenced).
+type writeFunc func(ctx context.Context, req proto.Message, opts registry.WriteOptions) (proto.Message, error)
+
 // Register registers every kind's service on srv: the standard methods
 // served by reg, the lease methods by leaseService. The returned close
 // releases the connections to node agents that log streaming opened; call
 // it after srv has stopped.
 func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *leases.Service) (close func(), err error) {
 	special := map[protoreflect.FullName]unaryFunc{
-		"capstan.v1.PodService.BindPod": fenced(func(ctx context.Context, req proto.Message) (proto.Message, error) {
-			pod, err := reg.BindPod(ctx, req.(*capstanv1.BindPodRequest))
+		"capstan.v1.PodService.BindPod": fenced(func(ctx context.Context, req proto.Message, opts registry.WriteOptions) (proto.Message, error) {
+			pod, err := reg.BindPod(ctx, req.(*capstanv1.BindPodRequest), opts)
 			if err != nil {
 				return nil, err
 			}
@@ -90,9 +100,11 @@ func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protor
 				ServerStreams: true,
 			})
 		case standard:
-			fn := h.unary(verb, m)
-			if verb != resource.Get && verb != resource.List {
-				fn = fenced(fn)
+			var fn unaryFunc
+			if verb == resource.Get || verb == resource.List {
+				fn = h.read(verb, m)
+			} else {
+				fn = fenced(h.write(verb, m))
 			}
 			desc.Methods = append(desc.Methods, grpc.MethodDesc{
 				MethodName: string(m.Name()),
@@ -116,14 +128,16 @@ func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protor
 	return desc, nil
 }
 
-// fenced makes fn's writes honour the call's fencing metadata.
-func fenced(fn unaryFunc) unaryFunc {
+// fenced serves a write as a unary call: it reads the call's fencing
+// metadata into the write options fn's writes must pass on, and refuses a
+// malformed fence before fn runs.
+func fenced(fn writeFunc) unaryFunc {
 	return func(ctx context.Context, req proto.Message) (proto.Message, error) {
-		ctx, err := withFence(ctx)
+		opts, err := writeOptions(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return fn(ctx, req)
+		return fn(ctx, req, opts)
 	}
 }
 
@@ -154,33 +168,35 @@ type handlers struct {
 	reg  *registry.Registry
 }
 
-func (h *handlers) unary(verb resource.Verb, m protoreflect.MethodDescriptor) unaryFunc {
-	kind, reg := h.kind, h.reg
-	respond := func(obj resource.Object, err error) (proto.Message, error) {
-		if err != nil {
-			return nil, err
-		}
-		return h.objectResponse(m, obj)
+// respond wraps the object a call returns in the method's response.
+func (h *handlers) respond(m protoreflect.MethodDescriptor, obj resource.Object, err error) (proto.Message, error) {
+	if err != nil {
+		return nil, err
 	}
+	return h.objectResponse(m, obj)
+}
+
+// write serves the standard verbs that change objects.
+func (h *handlers) write(verb resource.Verb, m protoreflect.MethodDescriptor) writeFunc {
+	kind, reg := h.kind, h.reg
 	switch verb {
 	case resource.Create:
-		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
-			return respond(reg.Create(ctx, kind, h.requestObject(req)))
+		return func(ctx context.Context, req proto.Message, opts registry.WriteOptions) (proto.Message, error) {
+			obj, err := reg.Create(ctx, kind, h.requestObject(req), opts)
+			return h.respond(m, obj, err)
 		}
 	case resource.Update:
-		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
-			return respond(reg.Update(ctx, kind, h.requestObject(req)))
+		return func(ctx context.Context, req proto.Message, opts registry.WriteOptions) (proto.Message, error) {
+			obj, err := reg.Update(ctx, kind, h.requestObject(req), opts)
+			return h.respond(m, obj, err)
 		}
 	case resource.UpdateStatus:
-		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
-			return respond(reg.UpdateStatus(ctx, kind, h.requestObject(req)))
-		}
-	case resource.Get:
-		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
-			return respond(reg.Get(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName)))
+		return func(ctx context.Context, req proto.Message, opts registry.WriteOptions) (proto.Message, error) {
+			obj, err := reg.UpdateStatus(ctx, kind, h.requestObject(req), opts)
+			return h.respond(m, obj, err)
 		}
 	case resource.Delete:
-		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		return func(ctx context.Context, req proto.Message, opts registry.WriteOptions) (proto.Message, error) {
 			var pre *capstanv1.Preconditions
 			if v := resource.FieldValue(req, resource.FieldPreconditions); v.IsValid() && v.Message().IsValid() {
 				pre = v.Message().Interface().(*capstanv1.Preconditions)
@@ -191,7 +207,21 @@ func (h *handlers) unary(verb resource.Verb, m protoreflect.MethodDescriptor) un
 				g := r.Get(fd).Int()
 				grace = &g
 			}
-			return respond(reg.Delete(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName), pre, grace))
+			obj, err := reg.Delete(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName), pre, grace, opts)
+			return h.respond(m, obj, err)
+		}
+	}
+	panic("api: write handler for verb " + string(verb))
+}
+
+// read serves the standard verbs that only read.
+func (h *handlers) read(verb resource.Verb, m protoreflect.MethodDescriptor) unaryFunc {
+	kind, reg := h.kind, h.reg
+	switch verb {
+	case resource.Get:
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			obj, err := reg.Get(ctx, kind, h.namespace(req), resource.StringField(req, resource.FieldName))
+			return h.respond(m, obj, err)
 		}
 	case resource.List:
 		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
@@ -213,7 +243,7 @@ func (h *handlers) unary(verb resource.Verb, m protoreflect.MethodDescriptor) un
 			return resp, nil
 		}
 	}
-	panic("api: unary handler for verb " + string(verb))
+	panic("api: read handler for verb " + string(verb))
 }
 
 func (h *handlers) watchHandler(m protoreflect.MethodDescriptor) grpc.StreamHandler {

@@ -2,12 +2,14 @@ package api_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -92,22 +94,90 @@ func TestLeaseExpiresByEtcdTTL(t *testing.T) {
 	ctx := ctxT(t)
 	leases := capstanv1.NewLeaseServiceClient(e.conns[0])
 	a := acquire(t, leases, ctx, "a", 2)
-	for deadline := time.Now().Add(15 * time.Second); ; {
+	poll.For(t, 15*time.Second, "the unrenewed lease expires and b acquires it", func(context.Context) error {
 		b := acquire(t, leases, ctx, "b", 2)
-		if b.GetAcquired() {
-			if b.GetLease().GetStatus().GetEpoch() <= a.GetLease().GetStatus().GetEpoch() {
-				t.Fatalf("epoch did not grow: %d then %d", a.GetLease().GetStatus().GetEpoch(), b.GetLease().GetStatus().GetEpoch())
-			}
-			break
+		if !b.GetAcquired() {
+			return fmt.Errorf("held by %s", b.GetLease().GetSpec().GetHolderIdentity())
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the unrenewed lease never expired")
+		if b.GetLease().GetStatus().GetEpoch() <= a.GetLease().GetStatus().GetEpoch() {
+			t.Fatalf("epoch did not grow: %d then %d", a.GetLease().GetStatus().GetEpoch(), b.GetLease().GetStatus().GetEpoch())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	_, err := leases.RenewLease(ctx, &capstanv1.RenewLeaseRequest{Namespace: wellknown.SystemNamespace, Name: "ctl", HolderIdentity: "a", Epoch: a.GetLease().GetStatus().GetEpoch()})
 	if !apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
 		t.Fatalf("renew of an expired holding: %v", err)
+	}
+}
+
+// TestEveryLeaseReadCarriesItsEpoch: the epoch is not stored in a Lease's
+// value, so every way of reading one — Get, List, Watch from now, Watch from
+// a version (the renewal's Modified, the release's Deleted) — must set it.
+func TestEveryLeaseReadCarriesItsEpoch(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := ctxT(t)
+	leases := capstanv1.NewLeaseServiceClient(e.conns[0])
+	held := acquire(t, leases, ctx, "a", 10).GetLease()
+	epoch := held.GetStatus().GetEpoch()
+	check := func(what string, l *capstanv1.Lease) {
+		t.Helper()
+		if got := l.GetStatus().GetEpoch(); got != epoch {
+			t.Errorf("%s: epoch %d, want %d", what, got, epoch)
+		}
+	}
+	ref := &capstanv1.GetLeaseRequest{Namespace: wellknown.SystemNamespace, Name: "ctl"}
+	got, err := leases.GetLease(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("GetLease", got.GetLease())
+	list, err := leases.ListLeases(ctx, &capstanv1.ListLeasesRequest{Namespace: wellknown.SystemNamespace})
+	if err != nil || len(list.GetLeases()) != 1 {
+		t.Fatalf("ListLeases = %v, %v", list, err)
+	}
+	check("ListLeases", list.GetLeases()[0])
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	now, err := leases.WatchLeases(wctx, &capstanv1.WatchLeasesRequest{Namespace: wellknown.SystemNamespace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	since, err := leases.WatchLeases(wctx, &capstanv1.WatchLeasesRequest{Namespace: wellknown.SystemNamespace, ResourceVersion: held.GetMetadata().GetResourceVersion()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(stream capstanv1.LeaseService_WatchLeasesClient) *capstanv1.WatchLeasesResponse {
+		t.Helper()
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("watch: %v", err)
+			}
+			if ev.GetType() != capstanv1.WatchEventType_WATCH_EVENT_TYPE_BOOKMARK {
+				return ev
+			}
+		}
+	}
+	if ev := next(now); ev.GetType() != capstanv1.WatchEventType_WATCH_EVENT_TYPE_ADDED {
+		t.Fatalf("first event of a watch from now: %v", ev)
+	} else {
+		check("watch from now, ADDED", ev.GetLease())
+	}
+	renewed, err := leases.RenewLease(ctx, &capstanv1.RenewLeaseRequest{Namespace: wellknown.SystemNamespace, Name: "ctl", HolderIdentity: "a", Epoch: epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("RenewLease", renewed.GetLease())
+	if _, err := leases.ReleaseLease(ctx, &capstanv1.ReleaseLeaseRequest{Namespace: wellknown.SystemNamespace, Name: "ctl", HolderIdentity: "a", Epoch: epoch}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []capstanv1.WatchEventType{capstanv1.WatchEventType_WATCH_EVENT_TYPE_MODIFIED, capstanv1.WatchEventType_WATCH_EVENT_TYPE_DELETED} {
+		ev := next(since)
+		if ev.GetType() != want {
+			t.Fatalf("event %v, want %v", ev.GetType(), want)
+		}
+		check("watch from a version, "+want.String(), ev.GetLease())
 	}
 }
 

@@ -4,15 +4,16 @@
 //
 // Registration is a key /capstan-internal/apiservers/<name> holding the
 // replica's ApiServer message, attached to an etcd lease that Run keeps
-// alive: a replica that dies drops out when its lease expires, and one that
-// lost its lease (etcd without quorum for longer than the TTL) registers
-// again once it can.
+// alive: a replica that dies drops out when its lease expires, one that stops
+// cleanly calls Deregister and drops out at once, and one that lost its lease
+// (etcd without quorum for longer than the TTL) registers again once it can.
 //
 // GetClusterStatus always answers within its deadline, quorum or not: what
 // needs a quorum is marked by quorum=false, and each etcd member's health
 // comes from asking that member directly.
 //
-// A Service is safe for concurrent use; Run must be called at most once.
+// A Service is safe for concurrent use; Run must be called at most once, and
+// Deregister after Run has returned.
 package clusterstatus
 
 import (
@@ -77,6 +78,11 @@ type Service struct {
 	ttlSeconds   int64
 	checkTimeout time.Duration
 	leasePrefix  string
+
+	// mu guards lease: the registration lease Run last held, which
+	// Deregister revokes (0: none).
+	mu    sync.Mutex
+	lease clientv3.LeaseID
 }
 
 // New checks opts and returns a Service; nothing is registered until Run.
@@ -121,10 +127,10 @@ func New(opts Options) (*Service, error) {
 // RegistrationKey is the etcd key of the named replica's registration.
 func RegistrationKey(name string) string { return RegistrationPrefix + name }
 
-// Run keeps this replica registered until ctx ends, then deregisters it
-// (bounded by a couple of seconds; failing that, the registration expires
-// with its lease). While etcd has no quorum it retries with back-off. It
-// returns nil.
+// Run keeps this replica registered until ctx ends, and returns nil. It
+// leaves the registration in place when it returns, as a process that is
+// killed does: call Deregister for a clean stop. While etcd has no quorum it
+// retries with back-off.
 func (s *Service) Run(ctx context.Context) error {
 	const minBackoff, maxBackoff = 200 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
@@ -132,6 +138,9 @@ func (s *Service) Run(ctx context.Context) error {
 	for {
 		lease, kept, err := s.register(ctx)
 		if err == nil {
+			s.mu.Lock()
+			s.lease = lease
+			s.mu.Unlock()
 			s.logger.Info("registered this replica", "key", RegistrationKey(s.self.GetName()), "lease-id", fmt.Sprintf("%x", lease), "ttl", time.Duration(s.ttlSeconds)*time.Second)
 			failures, backoff = 0, minBackoff
 			for range kept {
@@ -139,9 +148,11 @@ func (s *Service) Run(ctx context.Context) error {
 				// lease is lost or ctx ends.
 			}
 			if ctx.Err() != nil {
-				s.deregister(context.WithoutCancel(ctx), lease)
 				return nil
 			}
+			s.mu.Lock()
+			s.lease = 0
+			s.mu.Unlock()
 			s.logger.Warn("registration lease lost; registering again")
 		} else if ctx.Err() == nil {
 			failures++
@@ -162,6 +173,21 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
+// Deregister removes this replica's registration at once, without waiting
+// for its lease to expire; call it after Run has returned. It gives up after
+// a couple of seconds or when ctx ends (the registration then expires with
+// its lease), and logs rather than returns a failure: nothing is left to do
+// about it.
+func (s *Service) Deregister(ctx context.Context) {
+	s.mu.Lock()
+	lease := s.lease
+	s.lease = 0
+	s.mu.Unlock()
+	if lease != 0 {
+		s.revoke(ctx, lease)
+	}
+}
+
 // register grants a lease, writes the registration under it and starts
 // keeping it alive until ctx ends.
 func (s *Service) register(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
@@ -172,19 +198,19 @@ func (s *Service) register(ctx context.Context) (clientv3.LeaseID, <-chan *clien
 		return 0, nil, fmt.Errorf("grant a registration lease: %w", err)
 	}
 	if _, err := s.client.Put(opCtx, RegistrationKey(s.self.GetName()), string(s.selfBytes), clientv3.WithLease(grant.ID)); err != nil {
-		s.deregister(context.WithoutCancel(ctx), grant.ID)
+		s.revoke(context.WithoutCancel(ctx), grant.ID)
 		return 0, nil, fmt.Errorf("write the registration: %w", err)
 	}
 	kept, err := s.client.KeepAlive(ctx, grant.ID)
 	if err != nil {
-		s.deregister(context.WithoutCancel(ctx), grant.ID)
+		s.revoke(context.WithoutCancel(ctx), grant.ID)
 		return 0, nil, fmt.Errorf("keep the registration lease alive: %w", err)
 	}
 	return grant.ID, kept, nil
 }
 
-// deregister revokes the lease, which deletes the registration.
-func (s *Service) deregister(ctx context.Context, lease clientv3.LeaseID) {
+// revoke revokes a registration lease, which deletes the registration.
+func (s *Service) revoke(ctx context.Context, lease clientv3.LeaseID) {
 	ctx, cancel := context.WithTimeout(ctx, deregisterTimeout)
 	defer cancel()
 	if _, err := s.client.Revoke(ctx, lease); err != nil {

@@ -2,6 +2,7 @@ package clusterstatus
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/etcdtest"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 )
 
@@ -30,10 +32,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // startService starts a Service registering the named replica and stops it
-// when the test ends (or when the returned stop is called).
-func startService(t *testing.T, client *clientv3.Client, name string, ttl time.Duration) (*Service, func()) {
+// cleanly — Run ends, then Deregister — when the test ends or when the
+// returned stop is called; kill ends Run alone, as a killed process stops.
+func startService(t *testing.T, client *clientv3.Client, name string, ttl time.Duration) (svc *Service, stop, kill func()) {
 	t.Helper()
-	svc, err := New(Options{
+	var err error
+	svc, err = New(Options{
 		Client:          client,
 		Self:            &capstanv1.ApiServer{Name: name, Address: "127.0.0.1:1", StartTime: timestamppb.Now(), Version: "test"},
 		Logger:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("replica", name),
@@ -50,25 +54,20 @@ func startService(t *testing.T, client *clientv3.Client, name string, ttl time.D
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	stop := func() {
+	kill = func() {
 		cancel()
 		<-done
 	}
+	stop = func() {
+		kill()
+		svc.Deregister(context.Background())
+	}
 	t.Cleanup(stop)
-	return svc, stop
+	return svc, stop, kill
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// waitTimeout bounds every wait for a registration to appear or change.
+const waitTimeout = 20 * time.Second
 
 func status(t *testing.T, svc *Service) *capstanv1.GetClusterStatusResponse {
 	t.Helper()
@@ -79,6 +78,17 @@ func status(t *testing.T, svc *Service) *capstanv1.GetClusterStatusResponse {
 		t.Fatalf("GetClusterStatus: %v", err)
 	}
 	return resp
+}
+
+// registered holds once svc lists exactly the replicas want
+// (comma-separated, in order).
+func registered(t *testing.T, svc *Service, want string) poll.Condition {
+	return func(context.Context) error {
+		if got := names(status(t, svc).GetApiServers()); got != want {
+			return fmt.Errorf("replicas %q", got)
+		}
+		return nil
+	}
 }
 
 func names(servers []*capstanv1.ApiServer) string {
@@ -93,9 +103,9 @@ func TestClusterStatus(t *testing.T) {
 	cluster := etcdtest.Start(t, 3)
 	client := cluster.Client(t)
 
-	a, _ := startService(t, client, "a", 0)
-	_, stopB := startService(t, client, "b", 0)
-	eventually(t, "both replicas are registered", func() bool { return names(status(t, a).GetApiServers()) == "a,b" })
+	a, _, _ := startService(t, client, "a", 0)
+	_, stopB, _ := startService(t, client, "b", 0)
+	poll.For(t, waitTimeout, "both replicas are registered", registered(t, a, "a,b"))
 
 	leaseKind := resource.MustLookup("lease")
 	lease := &capstanv1.Lease{
@@ -166,6 +176,26 @@ func TestClusterStatus(t *testing.T) {
 	}
 }
 
+// TestRunLeavesTheRegistration: Run alone ending, as when the process is
+// killed, leaves the registration to expire with its lease; Deregister
+// afterwards removes it at once.
+func TestRunLeavesTheRegistration(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	a, _, _ := startService(t, client, "a", 0)
+	b, _, killB := startService(t, client, "b", 0)
+	poll.For(t, waitTimeout, "both replicas are registered", registered(t, a, "a,b"))
+
+	killB()
+	if got := names(status(t, a).GetApiServers()); got != "a,b" {
+		t.Errorf("after b's Run ended, replicas = %q, want \"a,b\" until its lease expires", got)
+	}
+	b.Deregister(t.Context())
+	if got := names(status(t, a).GetApiServers()); got != "a" {
+		t.Errorf("after b deregistered, replicas = %q, want \"a\"", got)
+	}
+}
+
 func TestRegistersAgainAfterLosingItsLease(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	client := cluster.Client(t)
@@ -182,23 +212,23 @@ func TestRegistersAgainAfterLosingItsLease(t *testing.T) {
 		}
 		return clientv3.LeaseID(resp.Kvs[0].Lease)
 	}
-	eventually(t, "the replica is registered", func() bool { return leaseOf() != 0 })
+	poll.For(t, waitTimeout, "the replica is registered", poll.True(func() bool { return leaseOf() != 0 }))
 	first := leaseOf()
 	// As if etcd had expired the lease during a long quorum loss.
 	if _, err := client.Revoke(t.Context(), first); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the replica registers again under a new lease", func() bool {
+	poll.For(t, waitTimeout, "the replica registers again under a new lease", poll.True(func() bool {
 		l := leaseOf()
 		return l != 0 && l != first
-	})
+	}))
 }
 
 func TestAnswersWithoutQuorum(t *testing.T) {
 	cluster := etcdtest.Start(t, 3)
 	client := cluster.Client(t)
-	svc, _ := startService(t, client, "a", 0)
-	eventually(t, "the replica is registered", func() bool { return names(status(t, svc).GetApiServers()) == "a" })
+	svc, _, _ := startService(t, client, "a", 0)
+	poll.For(t, waitTimeout, "the replica is registered", registered(t, svc, "a"))
 
 	cluster.Stop(1)
 	cluster.Stop(2)

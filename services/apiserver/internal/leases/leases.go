@@ -5,6 +5,12 @@
 // holding's epoch, the fencing token that every fenced write is checked
 // against in its own transaction (see registry and storage.Fence).
 //
+// The epoch is not stored in the Lease's value: like resource_version it is
+// a revision of the key, set on every read. This package is the one place
+// that knows it: its own answers set it, and StampEpoch sets it on the
+// objects the storage layer returns (the API server hands it to the store as
+// etcd3.Options.StampCreateRevision).
+//
 // Keys:
 //
 //	/capstan/leases/<ns>/<name>                        the Lease (attached to an etcd lease)
@@ -24,6 +30,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage"
 	"github.com/capstan-dev/capstan/internal/storage/etcd3"
 	"github.com/capstan-dev/capstan/internal/validation"
 	"github.com/google/uuid"
@@ -164,8 +171,9 @@ func (s *Service) Acquire(ctx context.Context, req *capstanv1.AcquireLeaseReques
 		// the caller to try again rather than loop here.
 		return nil, apierrors.Conflict("Lease", r.namespace, r.name, "the lease changed hands during the acquisition")
 	}
+	// This transaction created the key: both revisions are its own.
 	lease.Metadata.ResourceVersion = resp.Header.Revision
-	lease.Status.Epoch = resp.Header.Revision
+	StampEpoch(lease, resp.Header.Revision)
 	s.log.Info("lease acquired", "lease", r.namespace+"/"+r.name, "holder", r.holder, "epoch", lease.Status.Epoch, "ttl-seconds", ttl)
 	return &capstanv1.AcquireLeaseResponse{Acquired: true, Lease: lease}, nil
 }
@@ -305,11 +313,24 @@ func decodeLease(kv *mvccpb.KeyValue) (*capstanv1.Lease, error) {
 		return nil, apierrors.Internal("stored lease %s: %v", kv.Key, err)
 	}
 	resource.Meta(&lease).ResourceVersion = kv.ModRevision
+	StampEpoch(&lease, kv.CreateRevision)
+	return &lease, nil
+}
+
+// StampEpoch sets a Lease's epoch from its key's create revision: every
+// holding creates the key anew, so each one gets a larger epoch, never
+// reused. Objects of other kinds are left alone. It has the signature of
+// etcd3.Options.StampCreateRevision, so that every Lease the storage layer
+// returns (Get, List, watch events, write results) carries its epoch.
+func StampEpoch(obj storage.Object, createRevision int64) {
+	lease, ok := obj.(*capstanv1.Lease)
+	if !ok {
+		return
+	}
 	if lease.Status == nil {
 		lease.Status = &capstanv1.LeaseStatus{}
 	}
-	lease.Status.Epoch = kv.CreateRevision
-	return &lease, nil
+	lease.Status.Epoch = createRevision
 }
 
 // isLeaseGone reports whether etcd says the etcd lease does not exist

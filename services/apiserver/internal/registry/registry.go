@@ -4,6 +4,10 @@
 // (Update) and status (UpdateStatus), selectors and watches. It is what the
 // gRPC handlers of package api call; it knows nothing of gRPC framing.
 //
+// Every mutating method takes WriteOptions, so what guards a write (the
+// fence of the caller's lease) is a parameter the caller passes, never a
+// value riding in the context.
+//
 // A Registry is safe for concurrent use; it holds no per-request state.
 package registry
 
@@ -41,7 +45,9 @@ type Registry struct {
 	opts  Options
 }
 
-// New returns a Registry over store.
+// New returns a Registry over store. A Lease read through the registry
+// carries its epoch only if store sets it (the API server's etcd3 store does,
+// with leases.StampEpoch as its StampCreateRevision).
 func New(store storage.Interface, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -66,24 +72,31 @@ type ListRequest struct {
 	ResourceVersion int64
 }
 
-type fenceKey struct{}
+// WriteOptions guard one write through the registry; the zero value is an
+// unguarded write. They are a parameter of every mutating method, not a
+// value in its context, so a write's signature shows what guards it.
+type WriteOptions struct {
+	// Fence, if set, makes the write apply only while the lease it names is
+	// still held at its epoch, checked in the write's own etcd transaction
+	// (FAILED_PRECONDITION, reason LEASE_NOT_HELD, otherwise). LeaseFence
+	// builds one.
+	Fence *storage.Fence
+}
 
-// WithFence returns a context whose writes through the registry apply only
-// while the lease namespace/name is held at epoch (checked in the write's own
-// etcd transaction).
-func WithFence(ctx context.Context, namespace, name string, epoch int64) context.Context {
+// LeaseFence is the fence of a holding of the Lease namespace/name at epoch.
+func LeaseFence(namespace, name string, epoch int64) *storage.Fence {
 	lease := resource.MustLookup("Lease")
-	return context.WithValue(ctx, fenceKey{}, &storage.Fence{
+	return &storage.Fence{
 		LeaseKey:  lease.Key(namespace, name),
 		Epoch:     epoch,
 		Namespace: lease.Namespace(namespace),
 		Name:      name,
-	})
+	}
 }
 
-func (r *Registry) writeOptions(ctx context.Context) storage.WriteOptions {
-	fence, _ := ctx.Value(fenceKey{}).(*storage.Fence)
-	return storage.WriteOptions{Fence: fence}
+// storageOptions are what storage is told for a write with these options.
+func (o WriteOptions) storageOptions() storage.WriteOptions {
+	return storage.WriteOptions{Fence: o.Fence}
 }
 
 // refuseLeaseWrite refuses generic writes of Leases: a Lease is taken,
@@ -109,7 +122,7 @@ func (r *Registry) newFunc(kind *resource.Kind) storage.NewFunc { return kind.Ne
 
 // Create stores a new object. The server sets uid, generation 1, create time
 // and a fresh status; the client's values for them are ignored.
-func (r *Registry) Create(ctx context.Context, kind *resource.Kind, in resource.Object) (resource.Object, error) {
+func (r *Registry) Create(ctx context.Context, kind *resource.Kind, in resource.Object, opts WriteOptions) (resource.Object, error) {
 	if err := refuseLeaseWrite(kind); err != nil {
 		return nil, err
 	}
@@ -134,7 +147,7 @@ func (r *Registry) Create(ctx context.Context, kind *resource.Kind, in resource.
 		clearField(obj, "status")
 	}
 	prepareForCreate(obj)
-	return r.store.Create(ctx, kind.Key(meta.Namespace, meta.Name), obj, r.writeOptions(ctx))
+	return r.store.Create(ctx, kind.Key(meta.Namespace, meta.Name), obj, opts.storageOptions())
 }
 
 // prepareForCreate sets the status a new object of some kinds starts with.
@@ -207,7 +220,7 @@ func (r *Registry) predicate(kind *resource.Kind, req ListRequest) (storage.Pred
 // metadata are kept. A set metadata.resource_version (or uid) must match the
 // stored one (ABORTED otherwise); without it the update applies to whatever
 // is current. Generation grows when anything but metadata and status changes.
-func (r *Registry) Update(ctx context.Context, kind *resource.Kind, in resource.Object) (resource.Object, error) {
+func (r *Registry) Update(ctx context.Context, kind *resource.Kind, in resource.Object, opts WriteOptions) (resource.Object, error) {
 	if err := refuseLeaseWrite(kind); err != nil {
 		return nil, err
 	}
@@ -243,7 +256,7 @@ func (r *Registry) Update(ctx context.Context, kind *resource.Kind, in resource.
 				nm.Generation++
 			}
 			return next, nil
-		}, r.writeOptions(ctx))
+		}, opts.storageOptions())
 }
 
 // checkImmutable rejects updates that change what only a dedicated call may.
@@ -259,7 +272,7 @@ func checkImmutable(kind *resource.Kind, current, next resource.Object) error {
 }
 
 // UpdateStatus replaces an object's status and nothing else.
-func (r *Registry) UpdateStatus(ctx context.Context, kind *resource.Kind, in resource.Object) (resource.Object, error) {
+func (r *Registry) UpdateStatus(ctx context.Context, kind *resource.Kind, in resource.Object, opts WriteOptions) (resource.Object, error) {
 	if err := refuseLeaseWrite(kind); err != nil {
 		return nil, err
 	}
@@ -280,7 +293,7 @@ func (r *Registry) UpdateStatus(ctx context.Context, kind *resource.Kind, in res
 		func(current resource.Object) (resource.Object, error) {
 			copyField(in, current, "status")
 			return current, nil
-		}, r.writeOptions(ctx))
+		}, opts.storageOptions())
 }
 
 // DefaultGracePeriodSeconds is a pod's grace period when neither the delete
@@ -292,7 +305,7 @@ const DefaultGracePeriodSeconds = 30
 // (metadata.delete_time, delete_grace_period_seconds) and its node agent
 // stops its containers and then deletes it with a grace period of 0.
 // gracePeriodSeconds nil means the pod's own termination grace period.
-func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions, gracePeriodSeconds *int64) (resource.Object, error) {
+func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions, gracePeriodSeconds *int64, opts WriteOptions) (resource.Object, error) {
 	if err := validateRef(kind, namespace, name); err != nil {
 		return nil, err
 	}
@@ -302,10 +315,10 @@ func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, n
 	key := kind.Key(namespace, name)
 	precond := storage.Preconditions{ResourceVersion: pre.GetResourceVersion(), UID: pre.GetUid()}
 	if kind.Name != "Pod" || (gracePeriodSeconds != nil && *gracePeriodSeconds == 0) {
-		return r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
+		return r.store.Delete(ctx, key, r.newFunc(kind), precond, opts.storageOptions())
 	}
 	for {
-		obj, raced, err := r.deletePodOnce(ctx, key, precond, gracePeriodSeconds)
+		obj, raced, err := r.deletePodOnce(ctx, key, precond, gracePeriodSeconds, opts)
 		// An unbound pod is deleted at the version it was read at; if it
 		// changed in between (the scheduler bound it), decide again, unless
 		// the caller asked for that very version.
@@ -318,8 +331,9 @@ func (r *Registry) Delete(ctx context.Context, kind *resource.Kind, namespace, n
 
 // deletePodOnce marks a bound pod for graceful deletion, or deletes an
 // unbound one at the version it read; raced reports that this delete failed
-// because the pod changed after that read.
-func (r *Registry) deletePodOnce(ctx context.Context, key string, precond storage.Preconditions, gracePeriodSeconds *int64) (obj resource.Object, raced bool, err error) {
+// because the pod changed after that read. Both of its writes are guarded
+// by opts.
+func (r *Registry) deletePodOnce(ctx context.Context, key string, precond storage.Preconditions, gracePeriodSeconds *int64, opts WriteOptions) (obj resource.Object, raced bool, err error) {
 	kind := resource.MustLookup("Pod")
 	var deleteNow bool
 	obj, err = r.store.Update(ctx, key, r.newFunc(kind), precond, func(current resource.Object) (resource.Object, error) {
@@ -344,19 +358,19 @@ func (r *Registry) deletePodOnce(ctx context.Context, key string, precond storag
 		}
 		meta.DeleteGracePeriodSeconds = grace
 		return pod, nil
-	}, r.writeOptions(ctx))
+	}, opts.storageOptions())
 	if err != nil || !deleteNow {
 		return obj, false, err
 	}
 	precond.ResourceVersion = resource.Meta(obj).GetResourceVersion()
-	obj, err = r.store.Delete(ctx, key, r.newFunc(kind), precond, r.writeOptions(ctx))
+	obj, err = r.store.Delete(ctx, key, r.newFunc(kind), precond, opts.storageOptions())
 	return obj, apierrors.IsConflict(err), err
 }
 
 // BindPod sets spec.node_name of an unbound pod (compare-and-swap: a pod is
 // bound at most once). Binding a pod again to the node it is bound to
 // succeeds, so a scheduler may retry a bind whose answer it lost.
-func (r *Registry) BindPod(ctx context.Context, req *capstanv1.BindPodRequest) (*capstanv1.Pod, error) {
+func (r *Registry) BindPod(ctx context.Context, req *capstanv1.BindPodRequest, opts WriteOptions) (*capstanv1.Pod, error) {
 	kind := resource.MustLookup("Pod")
 	if err := validation.Name(kind, resource.FieldName, req.GetName()); err != nil {
 		return nil, err
@@ -387,7 +401,7 @@ func (r *Registry) BindPod(ctx context.Context, req *capstanv1.BindPodRequest) (
 				LastTransitionTime: timestamppb.New(r.opts.Now()),
 			})
 			return pod, nil
-		}, r.writeOptions(ctx))
+		}, opts.storageOptions())
 	if err != nil {
 		return nil, err
 	}
