@@ -17,6 +17,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/informer"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 )
 
@@ -164,14 +165,14 @@ func TestCompactionEndsWatchesAndInformersRelist(t *testing.T) {
 
 	// The informer's replica comes back; its watch resumes from a
 	// compacted version and the informer has to list again.
-	c.up(t)
-	waitFor(t, 60*time.Second, "the informer's cache to match the store", func(context.Context) error {
+	c.restore(t)
+	poll.For(t, 60*time.Second, "the informer's cache to match the store", func(context.Context) error {
 		if got := cachedVersions(inf); !maps.Equal(got, want) {
 			return fmt.Errorf("the cache holds %v, want %v", got, want)
 		}
 		return nil
 	})
-	waitFor(t, 10*time.Second, "the handlers to be told", func(context.Context) error {
+	poll.For(t, 10*time.Second, "the handlers to be told", func(context.Context) error {
 		handledMu.Lock()
 		defer handledMu.Unlock()
 		if !maps.Equal(handled, want) {

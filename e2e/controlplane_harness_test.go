@@ -1,39 +1,35 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
 // This file is the part of the harness the tests of the lease-gated
-// components (controlplane_test.go) share: reading leases and the
-// components' /healthz and logs, nodes that the tests keep alive as their
-// node agents would, a stand-in for the node agent's handling of pods, and
-// independent watches that record every change so that a test can check an
-// invariant at every moment the store passed through.
+// components (controlplane_test.go) share: waits on the components'
+// leases, the components' logs, pools of hollow nodes for the tests' pods
+// (the real node agent, running no processes), and independent watches
+// that record every change so that a test can check an invariant at every
+// moment the store passed through.
 
-// Kinds the control-plane tests work with.
+// Kinds the tests work with.
 var (
 	podKind        = resource.MustLookup("Pod")
 	nodeKind       = resource.MustLookup("Node")
@@ -57,10 +53,6 @@ const (
 	convergeTimeout = 60 * time.Second
 	// cleanupTimeout bounds a test's clean-up calls.
 	cleanupTimeout = 30 * time.Second
-	// nodeLeaseSeconds and nodeLeaseRenewal are the node leases the tests
-	// hold for their nodes: NodeLifecycle judges a node by its lease.
-	nodeLeaseSeconds = 6
-	nodeLeaseRenewal = 2 * time.Second
 	// poolLabel marks the nodes of one test; its pods select them, so no
 	// pod of one test lands on another's nodes.
 	poolLabel = "e2e.capstan.dev/pool"
@@ -69,42 +61,15 @@ const (
 	sentinelLabel = "e2e.capstan.dev/sentinel"
 )
 
-// holding is one holding of a lease: its holder and its epoch, the
-// fencing token every write of the holder carries.
-type holding struct {
-	holder string
-	epoch  int64
-}
-
-func (h holding) String() string { return fmt.Sprintf("%s at epoch %d", h.holder, h.epoch) }
-
-// leaseHolding reads the current holding of a component's lease.
-func leaseHolding(ctx context.Context, cl *client.Client, lease string) (holding, error) {
-	resp, err := cl.Leases().GetLease(ctx, &capstanv1.GetLeaseRequest{Namespace: wellknown.SystemNamespace, Name: lease})
-	if err != nil {
-		return holding{}, err
-	}
-	l := resp.GetLease()
-	return holding{holder: l.GetSpec().GetHolderIdentity(), epoch: l.GetStatus().GetEpoch()}, nil
-}
-
 // waitTakeover waits until a candidate other than prev's holder holds the
 // lease at an epoch above prev's, and returns that holding.
-func (c *testCluster) waitTakeover(t *testing.T, cl *client.Client, lease string, prev holding) holding {
+func (c *cluster) waitTakeover(t *testing.T, lease string, prev testcluster.Holding) testcluster.Holding {
 	t.Helper()
-	var got holding
-	waitFor(t, takeoverTimeout, fmt.Sprintf("another %s to take the lease over from %v", lease, prev), func(ctx context.Context) error {
-		h, err := leaseHolding(ctx, cl, lease)
-		if err != nil {
-			return err
-		}
-		if h.holder == prev.holder || h.epoch <= prev.epoch || !slices.Contains(c.candidates[lease], h.holder) {
-			return fmt.Errorf("the lease is held by %v", h)
-		}
-		got = h
-		return nil
-	})
-	return got
+	h, err := c.WaitTakeover(t.Context(), lease, prev, takeoverTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // waitSettled waits until a candidate leads — it holds the lease and its
@@ -112,109 +77,44 @@ func (c *testCluster) waitTakeover(t *testing.T, cl *client.Client, lease string
 // stands by: its /healthz says it does not lead and has seen that holding,
 // so it watches the lease and tries to take it the moment it is deleted.
 // It returns the holding.
-func (c *testCluster) waitSettled(t *testing.T, cl *client.Client, lease string) holding {
+func (c *cluster) waitSettled(t *testing.T, lease string) testcluster.Holding {
 	t.Helper()
-	var got holding
-	waitFor(t, takeoverTimeout, "the "+lease+" candidates to settle: one leads, the others stand by", func(ctx context.Context) error {
-		h, err := leaseHolding(ctx, cl, lease)
-		if err != nil {
-			return err
-		}
-		if !slices.Contains(c.candidates[lease], h.holder) {
-			return fmt.Errorf("the lease is held by %v, not by a candidate", h)
-		}
-		for _, name := range c.running(c.candidates[lease]) {
-			hz, err := c.health(ctx, name)
-			if err != nil {
-				return err
-			}
-			if leads := name == h.holder; hz.leading != leads || hz.leader != h.holder || hz.leaderEpoch != h.epoch {
-				return fmt.Errorf("the lease is held by %v; %s reports %+v", h, name, hz)
-			}
-		}
-		got = h
-		return nil
+	h, err := c.WaitSettled(t.Context(), lease, takeoverTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// hollowNodes starts, for the test, count hollow nodes <pool>-0... — the
+// real node agent without processes: it registers them Ready with cpu and
+// memory allocatable, renews their node leases, reports the pods bound to
+// them Running and Ready at once and completes their graceful deletions —
+// labelled poolLabel=pool, which the test's pods select. When t ends the
+// pool stops and its Nodes and leases are deleted.
+func (c *cluster) hollowNodes(t *testing.T, pool string, count int, cpu, memory string) *testcluster.Pool {
+	t.Helper()
+	p, err := c.StartHollowPool(t.Context(), testcluster.HollowPool{
+		Name: pool, Nodes: count, Labels: map[string]string{poolLabel: pool}, CPU: cpu, Memory: memory,
 	})
-	return got
-}
-
-// running are the processes of names that run.
-func (c *testCluster) running(names []string) []string {
-	var out []string
-	for _, st := range c.lc.Status() {
-		if st.Running && slices.Contains(names, st.Name) {
-			out = append(out, st.Name)
-		}
-	}
-	return out
-}
-
-// standbys are the standbys of a lease that the cluster status lists.
-func standbys(ctx context.Context, cl *client.Client, lease string) ([]string, holding, error) {
-	st, err := cl.Cluster().GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
 	if err != nil {
-		return nil, holding{}, err
+		t.Fatal(err)
 	}
-	for _, l := range st.GetLeases() {
-		if l.GetNamespace() == wellknown.SystemNamespace && l.GetName() == lease {
-			return l.GetStandbys(), holding{holder: l.GetHolderIdentity(), epoch: l.GetEpoch()}, nil
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if err := p.Stop(ctx); err != nil {
+			t.Errorf("stop the hollow nodes: %v", err)
 		}
-	}
-	return nil, holding{}, fmt.Errorf("the cluster status lists no lease %s: %v", lease, st.GetLeases())
-}
-
-// componentHealth is what a lease-gated component's /healthz says.
-type componentHealth struct {
-	identity    string
-	leading     bool
-	leader      string
-	leaderEpoch int64
-}
-
-// health reads the named component's /healthz.
-func (c *testCluster) health(ctx context.Context, name string) (componentHealth, error) {
-	url := c.healthURLs[name]
-	if url == "" {
-		return componentHealth{}, fmt.Errorf("%s has no health URL", name)
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return componentHealth{}, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return componentHealth{}, fmt.Errorf("%s /healthz: %w", name, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return componentHealth{}, fmt.Errorf("%s /healthz: %s", name, resp.Status)
-	}
-	fields := map[string]string{}
-	sc := bufio.NewScanner(io.LimitReader(resp.Body, 64<<10))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok {
-			fields[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return componentHealth{}, fmt.Errorf("%s /healthz: %w", name, err)
-	}
-	epoch, _ := strconv.ParseInt(fields["leader-epoch"], 10, 64)
-	return componentHealth{
-		identity:    fields["identity"],
-		leading:     fields["leading"] == "true",
-		leader:      fields["leader"],
-		leaderEpoch: epoch,
-	}, nil
+	})
+	return p
 }
 
 // logOffset is the size of the named process's log now: logSince reads
 // what the process logs after this moment.
-func (c *testCluster) logOffset(t *testing.T, name string) int64 {
+func (c *cluster) logOffset(t *testing.T, name string) int64 {
 	t.Helper()
-	fi, err := os.Stat(c.lc.Topology().LogPath(name))
+	fi, err := os.Stat(c.LogPath(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return 0
 	}
@@ -226,9 +126,9 @@ func (c *testCluster) logOffset(t *testing.T, name string) int64 {
 
 // logSince is what the named process has logged after offset, one record
 // per line.
-func (c *testCluster) logSince(t *testing.T, name string, offset int64) []logRecord {
+func (c *cluster) logSince(t *testing.T, name string, offset int64) []logRecord {
 	t.Helper()
-	data, err := os.ReadFile(c.lc.Topology().LogPath(name))
+	data, err := os.ReadFile(c.LogPath(name))
 	if err != nil {
 		t.Fatalf("log of %s: %v", name, err)
 	}
@@ -314,248 +214,6 @@ func lines(records []logRecord) string {
 		b.WriteByte('\n')
 	}
 	return b.String()
-}
-
-// reap waits until the named process, which this test process started,
-// has exited, and returns its wait status. localcluster starts every
-// process and never waits for it, so the exit status is the parent's to
-// collect, and only once: localcluster reaps an exited process when it
-// next checks whether it runs and drops the status, so nothing may ask it
-// about the process between the signal and this call.
-func reap(t *testing.T, name string, pid int) syscall.WaitStatus {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var ws syscall.WaitStatus
-		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-		switch {
-		case err != nil:
-			t.Fatalf("wait for %s (pid %d): %v", name, pid, err)
-		case got == pid:
-			return ws
-		case time.Now().After(deadline):
-			t.Fatalf("%s (pid %d) did not exit within 30 s", name, pid)
-		}
-		// A blocking wait could not be given up at the deadline.
-		time.Sleep(pollInterval)
-	}
-}
-
-// workerNodes are Nodes a test registers through the API, as node agents
-// would (the node agent is the next issue): Ready=True with allocatable
-// resources, labelled with the test's pool, and each with a node lease that
-// the test renews as long as it runs, so that NodeLifecycle finds them
-// alive. The test's pods select the pool.
-type workerNodes struct {
-	pool  string
-	names []string
-}
-
-// selector is the node selector of the pool's nodes.
-func (n *workerNodes) selector() map[string]string { return map[string]string{poolLabel: n.pool} }
-
-func (n *workerNodes) has(name string) bool { return slices.Contains(n.names, name) }
-
-// startWorkerNodes registers count nodes of the pool with the given
-// allocatable resources and starts renewing their leases (a 6 s TTL
-// renewed every 2 s, holder the node's name). When t ends the renewals
-// stop, and the leases and the nodes are deleted.
-func startWorkerNodes(t *testing.T, cl *client.Client, pool string, count int, allocatable map[string]string) *workerNodes {
-	t.Helper()
-	nodes := &workerNodes{pool: pool}
-	epochs := map[string]int64{}
-	ctx, cancel := callCtx(t)
-	defer cancel()
-	for i := 1; i <= count; i++ {
-		name := fmt.Sprintf("%s-node-%d", pool, i)
-		created, err := cl.Create(ctx, &capstanv1.Node{Metadata: &capstanv1.ObjectMeta{
-			Name:   name,
-			Labels: map[string]string{wellknown.LabelHostname: name, poolLabel: pool},
-		}})
-		if err != nil {
-			t.Fatalf("create node %s: %v", name, err)
-		}
-		nodes.names = append(nodes.names, name)
-		node := resource.Clone(created.(*capstanv1.Node))
-		now := timestamppb.Now()
-		node.Status = &capstanv1.NodeStatus{
-			Capacity:    allocatable,
-			Allocatable: allocatable,
-			Conditions: []*capstanv1.Condition{{
-				Type: wellknown.NodeReady, Status: wellknown.ConditionTrue, Reason: "E2ENodeReady",
-				LastTransitionTime: now, LastHeartbeatTime: now,
-			}},
-		}
-		if _, err := cl.UpdateStatus(ctx, node); err != nil {
-			t.Fatalf("report node %s Ready: %v", name, err)
-		}
-		resp, err := cl.Leases().AcquireLease(ctx, &capstanv1.AcquireLeaseRequest{
-			Namespace: wellknown.NodeLeaseNamespace, Name: name, HolderIdentity: name, LeaseDurationSeconds: nodeLeaseSeconds,
-		})
-		if err != nil || !resp.GetAcquired() {
-			t.Fatalf("acquire the node lease of %s: acquired=%v, %v", name, resp.GetAcquired(), err)
-		}
-		epochs[name] = resp.GetLease().GetStatus().GetEpoch()
-	}
-
-	keeperCtx, stopKeeper := context.WithCancel(context.Background())
-	var failures []error // read after the keeper ends
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ticker := time.NewTicker(nodeLeaseRenewal)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-keeperCtx.Done():
-				return
-			case <-ticker.C:
-			}
-			for _, name := range nodes.names {
-				if err := keepNodeLease(keeperCtx, cl, name, epochs); err != nil && keeperCtx.Err() == nil {
-					failures = append(failures, fmt.Errorf("%s: %w", name, err))
-				}
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		stopKeeper()
-		<-done
-		for _, err := range failures {
-			t.Logf("renewing a node lease failed (NodeLifecycle may have found the node dead): %v", err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		defer cancel()
-		for _, name := range nodes.names {
-			if _, err := cl.Delete(ctx, leaseKind, wellknown.NodeLeaseNamespace, name, nil); err != nil && !apierrors.IsNotFound(err) {
-				t.Errorf("delete the node lease of %s: %v", name, err)
-			}
-			if _, err := cl.Delete(ctx, nodeKind, "", name, nil); err != nil && !apierrors.IsNotFound(err) {
-				t.Errorf("delete node %s: %v", name, err)
-			}
-		}
-	})
-	return nodes
-}
-
-// keepNodeLease renews the node's lease, or acquires it again if it was
-// lost (epochs[name] is then updated).
-func keepNodeLease(ctx context.Context, cl *client.Client, name string, epochs map[string]int64) error {
-	ctx, cancel := context.WithTimeout(ctx, nodeLeaseRenewal)
-	defer cancel()
-	_, err := cl.Leases().RenewLease(ctx, &capstanv1.RenewLeaseRequest{
-		Namespace: wellknown.NodeLeaseNamespace, Name: name, HolderIdentity: name, Epoch: epochs[name],
-	})
-	if !apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
-		return err
-	}
-	resp, err := cl.Leases().AcquireLease(ctx, &capstanv1.AcquireLeaseRequest{
-		Namespace: wellknown.NodeLeaseNamespace, Name: name, HolderIdentity: name, LeaseDurationSeconds: nodeLeaseSeconds,
-	})
-	if err != nil {
-		return fmt.Errorf("the lease expired and acquiring it again failed: %w", err)
-	}
-	if !resp.GetAcquired() {
-		return fmt.Errorf("the lease expired and is now held by %q", resp.GetLease().GetSpec().GetHolderIdentity())
-	}
-	epochs[name] = resp.GetLease().GetStatus().GetEpoch()
-	return errors.New("the lease had expired; acquired it again")
-}
-
-// startNodeAgentStandIn plays the node agent of the test's nodes for the
-// pods of namespace bound to them. The node agent is the next issue and is
-// not the subject of these tests: the stand-in only does the part of its
-// job that the control plane waits for.
-//   - A pod marked for deletion (a bound pod is deleted gracefully: only
-//     metadata.delete_time is set) is removed with a grace period of 0, as
-//     the agent does once its containers have stopped, so the scheduler
-//     frees its resources.
-//   - If markReady, a bound pod is reported Running with Ready=True, as the
-//     agent does once its containers run (they have no readiness probe), so
-//     the pods of a Deployment become available.
-//
-// It stops when t ends.
-func startNodeAgentStandIn(t *testing.T, cl *client.Client, namespace string, nodes *workerNodes, markReady bool) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	watcher := cl.Watch(ctx, podKind, client.WatchOptions{Namespace: namespace})
-	var failures []error // read after the loop ends
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ev := range watcher.Events() {
-			pod, ok := ev.Object.(*capstanv1.Pod)
-			if !ok || ev.Type == client.Deleted || !nodes.has(pod.GetSpec().GetNodeName()) {
-				continue
-			}
-			if err := actAsNodeAgent(ctx, cl, pod, markReady); err != nil && ctx.Err() == nil {
-				failures = append(failures, err)
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		watcher.Stop()
-		<-done
-		if err := watcher.Err(); err != nil {
-			t.Errorf("the node agent stand-in's watch ended with %v", err)
-		}
-		for _, err := range failures {
-			t.Logf("the node agent stand-in: %v", err)
-		}
-	})
-}
-
-// actAsNodeAgent does what the node agent would do with pod as it is now.
-// A write that meets a newer version of the pod is dropped: the watch
-// brings that version, and the stand-in looks at it again.
-func actAsNodeAgent(ctx context.Context, cl *client.Client, pod *capstanv1.Pod, markReady bool) error {
-	meta := pod.GetMetadata()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	var err error
-	switch {
-	case meta.GetDeleteTime() != nil:
-		_, err = cl.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(), &capstanv1.Preconditions{Uid: meta.GetUid()}, client.GracePeriod(0))
-	case markReady && isActive(pod) && !isReady(pod):
-		next := resource.Clone(pod)
-		now := timestamppb.Now()
-		status := next.Status
-		if status == nil {
-			status = &capstanv1.PodStatus{}
-			next.Status = status
-		}
-		status.Phase = wellknown.PodRunning
-		status.HostIp = "127.0.0.1"
-		status.StartTime = now
-		for _, condType := range []string{wellknown.ContainersReady, wellknown.PodReady} {
-			setPodCondition(status, &capstanv1.Condition{Type: condType, Status: wellknown.ConditionTrue, LastTransitionTime: now})
-		}
-		status.ContainerStatuses = nil
-		for _, container := range next.GetSpec().GetContainers() {
-			status.ContainerStatuses = append(status.ContainerStatuses, &capstanv1.ContainerStatus{
-				Name: container.GetName(), Ready: true, Started: true,
-				State: &capstanv1.ContainerState{Running: &capstanv1.ContainerStateRunning{StartedAt: now}},
-			})
-		}
-		_, err = cl.UpdateStatus(ctx, next)
-	default:
-		return nil
-	}
-	if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return nil
-	}
-	return fmt.Errorf("pod %s/%s: %w", meta.GetNamespace(), meta.GetName(), err)
-}
-
-func setPodCondition(status *capstanv1.PodStatus, c *capstanv1.Condition) {
-	for i, old := range status.Conditions {
-		if old.GetType() == c.GetType() {
-			status.Conditions[i] = c
-			return
-		}
-	}
-	status.Conditions = append(status.Conditions, c)
 }
 
 // isActive: the pod counts towards its owner's replicas — not finished
@@ -678,6 +336,12 @@ func (h *history) objects() map[string]resource.Object {
 	return out
 }
 
+// activePods are the active pods controlled by uid, as the history last
+// saw them.
+func (h *history) activePods(uid string) []*capstanv1.Pod {
+	return slices.DeleteFunc(h.pods(), func(p *capstanv1.Pod) bool { return !controlledBy(p, uid) || !isActive(p) })
+}
+
 // pods are the pods as the history last saw them.
 func (h *history) pods() []*capstanv1.Pod {
 	var out []*capstanv1.Pod
@@ -717,7 +381,7 @@ func (h *history) waitUntil(t *testing.T, what string, cond func() error) {
 // revision rv.
 func (h *history) waitThrough(t *testing.T, rv int64) {
 	t.Helper()
-	waitFor(t, convergeTimeout, fmt.Sprintf("the history of %s in %s to reach revision %d", h.kind.Name, h.namespace, rv), func(context.Context) error {
+	poll.For(t, convergeTimeout, fmt.Sprintf("the history of %s in %s to reach revision %d", h.kind.Name, h.namespace, rv), func(context.Context) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		select {
@@ -870,9 +534,10 @@ func holdingEnd(record []change, lease string, epoch int64) int64 {
 	return 0
 }
 
-// testPodSpec is the spec of the test's pods: one container (nothing runs
-// it) that requests cpu and memory, on the pool's nodes only.
-func testPodSpec(nodes *workerNodes, cpu, memory string, env ...*capstanv1.EnvVar) *capstanv1.PodSpec {
+// testPodSpec is the spec of the test's pods: one container (a hollow
+// node runs nothing) that requests cpu and memory, on the pool's nodes
+// only.
+func testPodSpec(nodes *testcluster.Pool, cpu, memory string, env ...*capstanv1.EnvVar) *capstanv1.PodSpec {
 	return &capstanv1.PodSpec{
 		Containers: []*capstanv1.Container{{
 			Name:      "main",
@@ -880,24 +545,16 @@ func testPodSpec(nodes *workerNodes, cpu, memory string, env ...*capstanv1.EnvVa
 			Env:       env,
 			Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": cpu, "memory": memory}},
 		}},
-		NodeSelector: nodes.selector(),
+		NodeSelector: nodes.Labels(),
 	}
 }
 
 // createReplicaSet creates a ReplicaSet of pods labelled app=name.
 func createReplicaSet(t *testing.T, cl *client.Client, namespace, name string, replicas int32, spec *capstanv1.PodSpec) *capstanv1.ReplicaSet {
 	t.Helper()
-	labels := map[string]string{"app": name}
 	ctx, cancel := callCtx(t)
 	defer cancel()
-	created, err := cl.Create(ctx, &capstanv1.ReplicaSet{
-		Metadata: &capstanv1.ObjectMeta{Namespace: namespace, Name: name},
-		Spec: &capstanv1.ReplicaSetSpec{
-			Replicas: &replicas,
-			Selector: &capstanv1.LabelSelector{MatchLabels: labels},
-			Template: &capstanv1.PodTemplateSpec{Metadata: &capstanv1.ObjectMeta{Labels: labels}, Spec: spec},
-		},
-	})
+	created, err := cl.Create(ctx, testcluster.ReplicaSet(namespace, name, replicas, spec))
 	if err != nil {
 		t.Fatalf("create ReplicaSet %s/%s: %v", namespace, name, err)
 	}
@@ -909,7 +566,7 @@ func createReplicaSet(t *testing.T, cl *client.Client, namespace, name string, r
 func updateObject[T resource.Object](t *testing.T, cl *client.Client, kind *resource.Kind, namespace, name string, change func(T)) T {
 	t.Helper()
 	var stored T
-	waitFor(t, convergeTimeout, fmt.Sprintf("an update of %s %s/%s without a conflict", kind.Name, namespace, name), func(ctx context.Context) error {
+	poll.For(t, convergeTimeout, fmt.Sprintf("an update of %s %s/%s without a conflict", kind.Name, namespace, name), func(ctx context.Context) error {
 		obj, err := cl.Get(ctx, kind, namespace, name)
 		if err != nil {
 			return err

@@ -11,6 +11,8 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -45,61 +47,58 @@ const (
 //     standby takes over at a higher epoch. That the release makes the
 //     takeover quicker than the TTL is a timing claim, not asserted here
 //     (hack/benchfailover measures it).
-//   - cluster Up restarts both stopped processes, and they stand by: the
-//     cluster status lists them as standbys of the lease, and their
-//     /healthz says that they do not lead and names the current holding.
+//   - restoring the cluster restarts both stopped processes, and they
+//     stand by: the cluster status lists them as standbys of the lease,
+//     and their /healthz says that they do not lead and names the current
+//     holding.
 func TestLeaseGatedComponentsFailOver(t *testing.T) {
 	c := sharedCluster(t)
 	c.restoreAfter(t)
-	cl := clientOf(t, c.addrs...)
 	for _, lease := range leaseGated {
 		t.Run(lease, func(t *testing.T) {
 			watch := startStopwatch(t)
-			killed := c.waitSettled(t, cl, lease)
+			killed := c.waitSettled(t, lease)
 			watch.lap("settle")
-			c.kill(t, killed.holder)
-			termed := c.waitTakeover(t, cl, lease, killed)
+			c.kill(t, killed.Holder)
+			termed := c.waitTakeover(t, lease, killed)
 			watch.lap("SIGKILL and takeover")
 			t.Logf("SIGKILL to %v: %v took over", killed, termed)
 
 			// SIGTERM once the last standby watches the new holding.
-			if settled := c.waitSettled(t, cl, lease); settled != termed {
+			if settled := c.waitSettled(t, lease); settled != termed {
 				t.Fatalf("the lease moved on from %v to %v by itself", termed, settled)
 			}
 			watch.lap("settle")
-			pid, err := c.lc.Pid(termed.holder)
+			offset := c.logOffset(t, termed.Holder)
+			ws, err := c.Terminate(t.Context(), termed.Holder)
 			if err != nil {
-				t.Fatalf("pid of %s: %v", termed.holder, err)
+				t.Fatalf("SIGTERM %s: %v", termed.Holder, err)
 			}
-			offset := c.logOffset(t, termed.holder)
-			if err := c.lc.Signal(termed.holder, syscall.SIGTERM); err != nil {
-				t.Fatalf("SIGTERM %s: %v", termed.holder, err)
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Errorf("%s exited with %v after SIGTERM, want exit status 0", termed.Holder, describeWaitStatus(ws))
 			}
-			if ws := reap(t, termed.holder, pid); !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Errorf("%s exited with %v after SIGTERM, want exit status 0", termed.holder, describeWaitStatus(ws))
-			}
-			last := c.waitTakeover(t, cl, lease, termed)
+			last := c.waitTakeover(t, lease, termed)
 			watch.lap("SIGTERM, exit and takeover")
 			t.Logf("SIGTERM to %v: %v took over", termed, last)
-			records := c.logSince(t, termed.holder, offset)
-			epoch := strconv.FormatInt(termed.epoch, 10)
+			records := c.logSince(t, termed.Holder, offset)
+			epoch := strconv.FormatInt(termed.Epoch, 10)
 			if r, ok := find(records, msgStoppedLeading, "epoch", epoch); !ok || r["reason"] != reasonShutdown {
-				t.Errorf("%s did not log %q at epoch %s with reason %q; its log after SIGTERM:\n%s", termed.holder, msgStoppedLeading, epoch, reasonShutdown, lines(records))
+				t.Errorf("%s did not log %q at epoch %s with reason %q; its log after SIGTERM:\n%s", termed.Holder, msgStoppedLeading, epoch, reasonShutdown, lines(records))
 			}
 			if _, ok := find(records, msgReleased, "epoch", epoch); !ok {
-				t.Errorf("%s did not log %q at epoch %s; its log after SIGTERM:\n%s", termed.holder, msgReleased, epoch, lines(records))
+				t.Errorf("%s did not log %q at epoch %s; its log after SIGTERM:\n%s", termed.Holder, msgReleased, epoch, lines(records))
 			}
 			// The component's own last line: its controllers' "stopped"
 			// lines carry the epoch of their leadership.
 			if _, ok := find(records, msgStopped, "epoch", ""); !ok {
-				t.Errorf("%s did not log %q; its log after SIGTERM:\n%s", termed.holder, msgStopped, lines(records))
+				t.Errorf("%s did not log %q; its log after SIGTERM:\n%s", termed.Holder, msgStopped, lines(records))
 			}
 
-			c.up(t)
+			c.restore(t)
 			watch.lap("restart")
-			restarted := []string{killed.holder, termed.holder}
-			waitFor(t, takeoverTimeout, fmt.Sprintf("the restarted %v to stand by", restarted), func(ctx context.Context) error {
-				listed, current, err := standbys(ctx, cl, lease)
+			restarted := []string{killed.Holder, termed.Holder}
+			poll.For(t, takeoverTimeout, fmt.Sprintf("the restarted %v to stand by", restarted), func(ctx context.Context) error {
+				listed, current, err := c.Standbys(ctx, lease)
 				if err != nil {
 					return err
 				}
@@ -110,11 +109,11 @@ func TestLeaseGatedComponentsFailOver(t *testing.T) {
 					if !slices.Contains(listed, name) {
 						return fmt.Errorf("the cluster status lists the standbys %v, without %s", listed, name)
 					}
-					hz, err := c.health(ctx, name)
+					hz, err := c.Health(ctx, name)
 					if err != nil {
 						return err
 					}
-					if hz.leading || hz.leader != last.holder || hz.leaderEpoch != last.epoch {
+					if hz.Leading || hz.Leader != last.Holder || hz.LeaderEpoch != last.Epoch {
 						return fmt.Errorf("%s reports %+v", name, hz)
 					}
 				}
@@ -172,26 +171,13 @@ func TestFrozenControllerManagerIsFencedOff(t *testing.T) {
 	)
 	lease := wellknown.ControllerManagerLease
 	watch := startStopwatch(t)
-	cl := clientOf(t, c.addrs...)
-	nodes := startWorkerNodes(t, cl, "frozen-cm", 3, map[string]string{"cpu": "4", "memory": "16Gi"})
-	startNodeAgentStandIn(t, cl, ns, nodes, false)
-	pods := recordHistory(t, cl, podKind, ns)
+	cl, nodes, w := c.setUpFencingTest(t, ns, "frozen-cm", "4")
+	pods := w.pods
 	replicaSets := recordHistory(t, cl, replicaSetKind, ns)
-	events := recordHistory(t, cl, eventKind, ns)
-	leases := recordHistory(t, cl, leaseKind, wellknown.SystemNamespace)
-	deleteWorkloadsAfter(t, cl, ns)
 
 	rs := createReplicaSet(t, cl, ns, name, initial, testPodSpec(nodes, "50m", "32Mi"))
 	uid := rs.GetMetadata().GetUid()
-	active := func() []*capstanv1.Pod {
-		var out []*capstanv1.Pod
-		for _, p := range pods.pods() {
-			if controlledBy(p, uid) && isActive(p) {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
+	active := func() []*capstanv1.Pod { return pods.activePods(uid) }
 	waitActive := func(what string, ok func(n int) bool) {
 		t.Helper()
 		pods.waitUntil(t, what, func() error {
@@ -202,24 +188,21 @@ func TestFrozenControllerManagerIsFencedOff(t *testing.T) {
 		})
 	}
 	waitActive(fmt.Sprintf("%d active pods", initial), func(n int) bool { return n == initial })
-	old := c.waitSettled(t, cl, lease)
-	offset := c.logOffset(t, old.holder)
+	old := c.waitSettled(t, lease)
+	offset := c.logOffset(t, old.Holder)
 	watch.lap("set up")
 
 	updateObject(t, cl, replicaSetKind, ns, name, func(rs *capstanv1.ReplicaSet) { rs.Spec.Replicas = ref(int32(burst)) })
 	waitActive("the scale-up to be under way", func(n int) bool { return n >= frozenAfter })
-	if err := c.lc.Signal(old.holder, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP %s: %v", old.holder, err)
-	}
-	c.waitStopped(t, old.holder)
+	c.pause(t, old.Holder)
 	frozenWith := len(active())
-	next := c.waitTakeover(t, cl, lease, old)
+	next := c.waitTakeover(t, lease, old)
 	watch.lap("freeze and takeover")
 	t.Logf("froze %v with %d of %d pods active; %v took over", old, frozenWith, burst, next)
 
 	updateObject(t, cl, replicaSetKind, ns, name, func(rs *capstanv1.ReplicaSet) { rs.Spec.Replicas = ref(int32(final)) })
-	// The victims are bound pods: they are deleted gracefully (the node
-	// agent stand-in removes them), and no bind races the deletion — a
+	// The victims are bound pods: they are deleted gracefully (their
+	// hollow node's agent removes them), and no bind races the deletion — a
 	// Delete without preconditions of an unbound pod that a BindPod
 	// overtakes is refused with ABORTED today.
 	var victims []*capstanv1.Pod
@@ -240,7 +223,7 @@ func TestFrozenControllerManagerIsFencedOff(t *testing.T) {
 			t.Fatalf("delete pod %s: %v", p.GetMetadata().GetName(), err)
 		}
 	}
-	waitFor(t, convergeTimeout, fmt.Sprintf("the new leader to bring the ReplicaSet to %d pods", final), func(ctx context.Context) error {
+	poll.For(t, convergeTimeout, fmt.Sprintf("the new leader to bring the ReplicaSet to %d pods", final), func(ctx context.Context) error {
 		if p := active(); len(p) != final {
 			return fmt.Errorf("%d active pods", len(p))
 		}
@@ -256,14 +239,8 @@ func TestFrozenControllerManagerIsFencedOff(t *testing.T) {
 	})
 	watch.lap("changes carried out by the new leader")
 
-	if err := c.lc.Signal(old.holder, syscall.SIGCONT); err != nil {
-		t.Fatalf("SIGCONT %s: %v", old.holder, err)
-	}
-	records := c.waitSteppedDown(t, cl, lease, old, next, offset)
-	watch.lap("thaw and step down")
-	pods.catchUp(t, cl, "sentinel-frozen-cm")
-	events.catchUp(t, cl, "sentinel-frozen-cm")
-	c.checkFencedOff(t, cl, lease, old, next, records, leases.record(), events.record())
+	c.thawFencedOff(t, cl, frozenLeader{lease: lease, old: old, next: next, offset: offset}, w, "sentinel-frozen-cm")
+	watch.lap("thaw, step down and fencing checks")
 
 	// At every moment, no more active pods than the replicas asked for.
 	replicasAt := replicasTimeline(replicaSets.record(), name)
@@ -313,12 +290,8 @@ func TestFrozenSchedulerIsFencedOff(t *testing.T) {
 	)
 	lease := wellknown.SchedulerLease
 	watch := startStopwatch(t)
-	cl := clientOf(t, c.addrs...)
-	nodes := startWorkerNodes(t, cl, "frozen-sched", 3, map[string]string{"cpu": "900m", "memory": "16Gi"})
-	pods := recordHistory(t, cl, podKind, ns)
-	events := recordHistory(t, cl, eventKind, ns)
-	leases := recordHistory(t, cl, leaseKind, wellknown.SystemNamespace)
-	deleteWorkloadsAfter(t, cl, ns)
+	cl, nodes, w := c.setUpFencingTest(t, ns, "frozen-sched", "900m")
+	pods := w.pods
 	bound := func() []*capstanv1.Pod {
 		var out []*capstanv1.Pod
 		for _, p := range pods.pods() {
@@ -343,8 +316,8 @@ func TestFrozenSchedulerIsFencedOff(t *testing.T) {
 		return nil
 	}
 
-	old := c.waitSettled(t, cl, lease)
-	offset := c.logOffset(t, old.holder)
+	old := c.waitSettled(t, lease)
+	offset := c.logOffset(t, old.Holder)
 	watch.lap("set up")
 	// The first wave is created while the test waits for the first binds,
 	// so the freeze comes while pods are still arriving.
@@ -356,22 +329,19 @@ func TestFrozenSchedulerIsFencedOff(t *testing.T) {
 		}
 		return nil
 	})
-	if err := c.lc.Signal(old.holder, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP %s: %v", old.holder, err)
-	}
+	c.pause(t, old.Holder)
 	if err := <-created; err != nil {
 		t.Fatal(err)
 	}
-	c.waitStopped(t, old.holder)
 	frozenWith := len(bound())
-	next := c.waitTakeover(t, cl, lease, old)
+	next := c.waitTakeover(t, lease, old)
 	watch.lap("freeze and takeover")
 	t.Logf("froze %v with %d of %d pods bound; %v took over", old, frozenWith, wave, next)
 
 	if err := createPods("second"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, convergeTimeout, "the new leader to bind every pod", func(context.Context) error {
+	poll.For(t, convergeTimeout, "the new leader to bind every pod", func(context.Context) error {
 		if b, all := len(bound()), len(pods.pods()); b != 2*wave || all != 2*wave {
 			return fmt.Errorf("%d of %d pods bound", b, all)
 		}
@@ -379,15 +349,9 @@ func TestFrozenSchedulerIsFencedOff(t *testing.T) {
 	})
 	watch.lap("binds by the new leader")
 
-	if err := c.lc.Signal(old.holder, syscall.SIGCONT); err != nil {
-		t.Fatalf("SIGCONT %s: %v", old.holder, err)
-	}
-	records := c.waitSteppedDown(t, cl, lease, old, next, offset)
-	watch.lap("thaw and step down")
-	pods.catchUp(t, cl, "sentinel-frozen-sched")
-	events.catchUp(t, cl, "sentinel-frozen-sched")
-	c.checkFencedOff(t, cl, lease, old, next, records, leases.record(), events.record())
-	t.Logf("binds %s abandoned after SIGCONT: %d", old.holder, len(containing(records, "bind abandoned")))
+	records := c.thawFencedOff(t, cl, frozenLeader{lease: lease, old: old, next: next, offset: offset}, w, "sentinel-frozen-sched")
+	watch.lap("thaw, step down and fencing checks")
+	t.Logf("binds %s abandoned after SIGCONT: %d", old.Holder, len(containing(records, "bind abandoned")))
 
 	record := pods.record()
 	violations, boundTo := bindingViolations(record)
@@ -396,8 +360,8 @@ func TestFrozenSchedulerIsFencedOff(t *testing.T) {
 	}
 	perNode := map[string]int{}
 	for uid, node := range boundTo {
-		if !nodes.has(node) {
-			t.Errorf("pod %s is bound to %q, not to one of %v", uid, node, nodes.names)
+		if !nodes.Has(node) {
+			t.Errorf("pod %s is bound to %q, not to one of %v", uid, node, nodes.Nodes())
 		}
 		perNode[node]++
 	}
@@ -431,32 +395,79 @@ func checkNodeCapacity(t *testing.T, record []change, podsPerNode int) {
 	}
 }
 
+// witnesses are the independent histories that judge a frozen leader: the
+// pods and events of the test's namespace, and the leases of the system
+// namespace.
+type witnesses struct {
+	pods, events, leases *history
+}
+
+// setUpFencingTest sets up a test that freezes a leader in namespace ns: a
+// client, three hollow nodes (the pool pool) with cpu each, the witnesses,
+// and the removal of the namespace's workloads when t ends.
+func (c *cluster) setUpFencingTest(t *testing.T, ns, pool, cpu string) (*client.Client, *testcluster.Pool, witnesses) {
+	t.Helper()
+	cl := clientOf(t, c.addrs...)
+	nodes := c.hollowNodes(t, pool, 3, cpu, "16Gi")
+	w := witnesses{
+		pods:   recordHistory(t, cl, podKind, ns),
+		events: recordHistory(t, cl, eventKind, ns),
+		leases: recordHistory(t, cl, leaseKind, wellknown.SystemNamespace),
+	}
+	deleteWorkloadsAfter(t, cl, ns)
+	return cl, nodes, w
+}
+
+// frozenLeader is a leader a test froze, and the holding that took over
+// from it.
+type frozenLeader struct {
+	lease     string
+	old, next testcluster.Holding
+	// offset is the size of the old leader's log before it was frozen.
+	offset int64
+}
+
+// thawFencedOff thaws the frozen leader, waits until it has stepped down
+// and stands by (waitSteppedDown), brings the witnesses up to now with a
+// sentinel of that name, and checks that the old leader was fenced off
+// (checkFencedOff). It returns what the old leader logged since the
+// freeze.
+func (c *cluster) thawFencedOff(t *testing.T, cl *client.Client, f frozenLeader, w witnesses, sentinel string) []logRecord {
+	t.Helper()
+	c.resume(t, f.old.Holder)
+	records := c.waitSteppedDown(t, f.lease, f.old, f.next, f.offset)
+	w.pods.catchUp(t, cl, sentinel)
+	w.events.catchUp(t, cl, sentinel)
+	c.checkFencedOff(t, f.lease, f.old, f.next, records, w.leases.record(), w.events.record())
+	return records
+}
+
 // waitSteppedDown waits, after SIGCONT, until the old leader has stepped
 // down and stands by — its /healthz says it does not lead and names the
 // new holding, and its log says its work stopped — and returns what it
 // logged since offset.
-func (c *testCluster) waitSteppedDown(t *testing.T, cl *client.Client, lease string, old, next holding, offset int64) []logRecord {
+func (c *cluster) waitSteppedDown(t *testing.T, lease string, old, next testcluster.Holding, offset int64) []logRecord {
 	t.Helper()
 	var records []logRecord
-	epoch := strconv.FormatInt(old.epoch, 10)
-	waitFor(t, takeoverTimeout, old.holder+" to step down and stand by", func(ctx context.Context) error {
-		hz, err := c.health(ctx, old.holder)
+	epoch := strconv.FormatInt(old.Epoch, 10)
+	poll.For(t, takeoverTimeout, old.Holder+" to step down and stand by", func(ctx context.Context) error {
+		hz, err := c.Health(ctx, old.Holder)
 		if err != nil {
 			return err
 		}
-		if hz.leading || hz.leader != next.holder || hz.leaderEpoch != next.epoch {
-			return fmt.Errorf("%s reports %+v", old.holder, hz)
+		if hz.Leading || hz.Leader != next.Holder || hz.LeaderEpoch != next.Epoch {
+			return fmt.Errorf("%s reports %+v", old.Holder, hz)
 		}
-		records = c.logSince(t, old.holder, offset)
+		records = c.logSince(t, old.Holder, offset)
 		if _, ok := find(records, msgWorkStopped, "epoch", epoch); !ok {
-			return fmt.Errorf("%s has not logged %q at epoch %s", old.holder, msgWorkStopped, epoch)
+			return fmt.Errorf("%s has not logged %q at epoch %s", old.Holder, msgWorkStopped, epoch)
 		}
-		listed, _, err := standbys(ctx, cl, lease)
+		listed, _, err := c.Standbys(ctx, lease)
 		if err != nil {
 			return err
 		}
-		if !slices.Contains(listed, old.holder) {
-			return fmt.Errorf("the cluster status lists the standbys %v, without %s", listed, old.holder)
+		if !slices.Contains(listed, old.Holder) {
+			return fmt.Errorf("the cluster status lists the standbys %v, without %s", listed, old.Holder)
 		}
 		return nil
 	})
@@ -470,16 +481,16 @@ func (c *testCluster) waitSteppedDown(t *testing.T, cl *client.Client, lease str
 // or after the revision at which its holding ended (every fenced write it
 // sent after that was refused). It logs how many of its calls were refused
 // for their stale fencing token.
-func (c *testCluster) checkFencedOff(t *testing.T, cl *client.Client, lease string, old, next holding, records []logRecord, leaseRecord, eventRecord []change) {
+func (c *cluster) checkFencedOff(t *testing.T, lease string, old, next testcluster.Holding, records []logRecord, leaseRecord, eventRecord []change) {
 	t.Helper()
-	epoch := strconv.FormatInt(old.epoch, 10)
+	epoch := strconv.FormatInt(old.Epoch, 10)
 	stepDown, ok := find(records, msgStoppedLeading, "epoch", epoch)
 	if !ok {
-		t.Fatalf("%s did not log %q at epoch %s after SIGCONT:\n%s", old.holder, msgStoppedLeading, epoch, lines(records))
+		t.Fatalf("%s did not log %q at epoch %s after SIGCONT:\n%s", old.Holder, msgStoppedLeading, epoch, lines(records))
 	}
 	// Each way of stepping down after the thaw makes a call with the stale
 	// token.
-	t.Logf("%s stepped down: %s", old.holder, stepDown["reason"])
+	t.Logf("%s stepped down: %s", old.Holder, stepDown["reason"])
 	switch reason := stepDown["reason"]; {
 	case strings.HasPrefix(reason, reasonDeadline):
 		// It could not know whether its lease was gone, so it tried to
@@ -497,40 +508,40 @@ func (c *testCluster) checkFencedOff(t *testing.T, cl *client.Client, lease stri
 			attempt, ok = find(records, msgReleaseFailed, "epoch", epoch)
 		}
 		if !ok {
-			t.Errorf("%s stepped down at its deadline but did not try to release the lease at epoch %s:\n%s", old.holder, epoch, lines(records))
+			t.Errorf("%s stepped down at its deadline but did not try to release the lease at epoch %s:\n%s", old.Holder, epoch, lines(records))
 		} else {
-			t.Logf("%s tried to release its stale holding: %s", old.holder, attempt["msg"])
+			t.Logf("%s tried to release its stale holding: %s", old.Holder, attempt["msg"])
 		}
 	case strings.Contains(reason, reasonRefused):
 		// A renewal or a fenced write was refused: that is the step-down.
 	default:
-		t.Errorf("%s stepped down for an unexpected reason: %s", old.holder, stepDown["line"])
+		t.Errorf("%s stepped down for an unexpected reason: %s", old.Holder, stepDown["line"])
 	}
 	refused := containing(records, rejectedWrite)
-	t.Logf("%s logged %d fenced writes refused after SIGCONT (events it had queued, binds)", old.holder, len(refused))
+	t.Logf("%s logged %d fenced writes refused after SIGCONT (events it had queued, binds)", old.Holder, len(refused))
 	for _, r := range refused[:min(len(refused), 3)] {
 		t.Logf("  %s", r["line"])
 	}
 
 	ctx, cancel := callCtx(t)
 	defer cancel()
-	if now, err := leaseHolding(ctx, cl, lease); err != nil || now != next {
-		t.Errorf("after %s stepped down the lease is held by %v (%v), want %v", old.holder, now, err, next)
+	if now, err := c.LeaseHolding(ctx, lease); err != nil || now != next {
+		t.Errorf("after %s stepped down the lease is held by %v (%v), want %v", old.Holder, now, err, next)
 	}
 
-	end := holdingEnd(leaseRecord, lease, old.epoch)
+	end := holdingEnd(leaseRecord, lease, old.Epoch)
 	if end == 0 {
 		t.Errorf("the lease history shows no end of the holding %v", old)
-		end = next.epoch
+		end = next.Epoch
 	}
-	t.Logf("the holding %v ended at revision %d; %v began at %d", old, end, next, next.epoch)
-	before := len(eventsBy(eventRecord, old.holder, 0))
-	late := eventsBy(eventRecord, old.holder, end)
-	t.Logf("%s wrote %d events while it led", old.holder, before-len(late))
+	t.Logf("the holding %v ended at revision %d; %v began at %d", old, end, next, next.Epoch)
+	before := len(eventsBy(eventRecord, old.Holder, 0))
+	late := eventsBy(eventRecord, old.Holder, end)
+	t.Logf("%s wrote %d events while it led", old.Holder, before-len(late))
 	for _, ch := range late {
 		ev := ch.obj.(*capstanv1.Event)
 		t.Errorf("an event written by %s landed at revision %d, after its holding ended at %d: %s %s %q",
-			old.holder, ch.rv, end, ev.GetMetadata().GetName(), ev.GetReason(), ev.GetMessage())
+			old.Holder, ch.rv, end, ev.GetMetadata().GetName(), ev.GetReason(), ev.GetMessage())
 	}
 }
 
@@ -559,25 +570,16 @@ func TestReplicaSetKeepsItsSizeWhileLeadersAreKilled(t *testing.T) {
 	)
 	watch := startStopwatch(t)
 	cl := clientOf(t, c.addrs...)
-	nodes := startWorkerNodes(t, cl, "kill-leaders", 3, map[string]string{"cpu": "1", "memory": "4Gi"})
-	startNodeAgentStandIn(t, cl, ns, nodes, false)
+	nodes := c.hollowNodes(t, "kill-leaders", 3, "1", "4Gi")
 	pods := recordHistory(t, cl, podKind, ns)
 	deleteWorkloadsAfter(t, cl, ns)
 
 	rs := createReplicaSet(t, cl, ns, name, replicas, testPodSpec(nodes, "400m", "64Mi"))
 	uid := rs.GetMetadata().GetUid()
-	active := func() []*capstanv1.Pod {
-		var out []*capstanv1.Pod
-		for _, p := range pods.pods() {
-			if controlledBy(p, uid) && isActive(p) {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
+	active := func() []*capstanv1.Pod { return pods.activePods(uid) }
 	waitAllBound := func(what string) {
 		t.Helper()
-		waitFor(t, convergeTimeout, what, func(context.Context) error {
+		poll.For(t, convergeTimeout, what, func(context.Context) error {
 			p := active()
 			if len(p) != replicas || slices.ContainsFunc(p, func(p *capstanv1.Pod) bool { return p.GetSpec().GetNodeName() == "" }) {
 				return fmt.Errorf("%d active pods: %s", len(p), describePods(p))
@@ -589,8 +591,8 @@ func TestReplicaSetKeepsItsSizeWhileLeadersAreKilled(t *testing.T) {
 	watch.lap("set up")
 
 	for round := 1; round <= rounds; round++ {
-		cm := c.waitSettled(t, cl, wellknown.ControllerManagerLease)
-		sched := c.waitSettled(t, cl, wellknown.SchedulerLease)
+		cm := c.waitSettled(t, wellknown.ControllerManagerLease)
+		sched := c.waitSettled(t, wellknown.SchedulerLease)
 		watch.lap(fmt.Sprintf("round %d: settle", round))
 		victims := active()
 		slices.SortFunc(victims, func(a, b *capstanv1.Pod) int {
@@ -602,14 +604,14 @@ func TestReplicaSetKeepsItsSizeWhileLeadersAreKilled(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: delete pod %s: %v", round, victims[0].GetMetadata().GetName(), err)
 		}
-		c.kill(t, cm.holder)
-		c.kill(t, sched.holder)
-		nextCM := c.waitTakeover(t, cl, wellknown.ControllerManagerLease, cm)
-		nextSched := c.waitTakeover(t, cl, wellknown.SchedulerLease, sched)
+		c.kill(t, cm.Holder)
+		c.kill(t, sched.Holder)
+		nextCM := c.waitTakeover(t, wellknown.ControllerManagerLease, cm)
+		nextSched := c.waitTakeover(t, wellknown.SchedulerLease, sched)
 		waitAllBound(fmt.Sprintf("round %d: %d pods bound again", round, replicas))
 		watch.lap(fmt.Sprintf("round %d: kills, takeovers and replacement", round))
 		t.Logf("round %d: deleted %s; SIGKILL to %v and %v; %v and %v took over", round, victims[0].GetMetadata().GetName(), cm, sched, nextCM, nextSched)
-		c.up(t)
+		c.restore(t)
 		watch.lap(fmt.Sprintf("round %d: restart", round))
 	}
 	pods.catchUp(t, cl, "sentinel-kill-leaders")
@@ -648,8 +650,8 @@ func TestReplicaSetKeepsItsSizeWhileLeadersAreKilled(t *testing.T) {
 	perNode := map[string]int{}
 	for _, p := range final {
 		perNode[p.GetSpec().GetNodeName()]++
-		if node := boundTo[p.GetMetadata().GetUid()]; !nodes.has(node) {
-			t.Errorf("pod %s is bound to %q, not to one of %v", p.GetMetadata().GetName(), node, nodes.names)
+		if node := boundTo[p.GetMetadata().GetUid()]; !nodes.Has(node) {
+			t.Errorf("pod %s is bound to %q, not to one of %v", p.GetMetadata().GetName(), node, nodes.Nodes())
 		}
 	}
 	t.Logf("the final pods per node: %v", perNode)
@@ -662,9 +664,9 @@ func TestReplicaSetKeepsItsSizeWhileLeadersAreKilled(t *testing.T) {
 // bounds with the real controller-manager and scheduler: a Deployment of 4
 // (maxSurge 1, maxUnavailable 1) changes its pod template, and the active
 // controller-manager is SIGKILLed once the first pod of the new template
-// exists, so that a standby finishes the rollout. The test plays the node
-// agent of its nodes (startNodeAgentStandIn): bound pods become Ready,
-// deleted ones go. An independent watch of the pods shows that at no moment
+// exists, so that a standby finishes the rollout. Its nodes are hollow
+// (hollowNodes): bound pods become Ready at once, deleted ones go. An
+// independent watch of the pods shows that at no moment
 // were there more than 5 active pods, nor, from the template change on,
 // fewer than 3 available ones; the rollout completes (the Deployment's
 // status: updated, available and replicas all 4) with 4 active pods, all of
@@ -684,8 +686,7 @@ func TestDeploymentRollingUpdateKeepsItsBounds(t *testing.T) {
 	)
 	watch := startStopwatch(t)
 	cl := clientOf(t, c.addrs...)
-	nodes := startWorkerNodes(t, cl, "rollout", 3, map[string]string{"cpu": "2", "memory": "8Gi"})
-	startNodeAgentStandIn(t, cl, ns, nodes, true)
+	nodes := c.hollowNodes(t, "rollout", 3, "2", "8Gi")
 	pods := recordHistory(t, cl, podKind, ns)
 	deleteWorkloadsAfter(t, cl, ns)
 
@@ -722,7 +723,7 @@ func TestDeploymentRollingUpdateKeepsItsBounds(t *testing.T) {
 	}
 	waitComplete := func(what string) {
 		t.Helper()
-		waitFor(t, convergeTimeout, what, func(ctx context.Context) error {
+		poll.For(t, convergeTimeout, what, func(ctx context.Context) error {
 			obj, err := cl.Get(ctx, deploymentKind, ns, name)
 			if err != nil {
 				return err
@@ -739,25 +740,25 @@ func TestDeploymentRollingUpdateKeepsItsBounds(t *testing.T) {
 	waitComplete("the first rollout to complete")
 	watch.lap("first rollout")
 
-	cm := c.waitSettled(t, cl, lease)
+	cm := c.waitSettled(t, lease)
 	changed := updateObject(t, cl, deploymentKind, ns, name, func(d *capstanv1.Deployment) {
 		d.Spec.Template.Spec.Containers[0].Env = []*capstanv1.EnvVar{{Name: versionVariable, Value: newVersion}}
 	})
 	rolloutAt := changed.GetMetadata().GetResourceVersion()
-	waitFor(t, convergeTimeout, "the first pod of the new template", func(context.Context) error {
+	poll.For(t, convergeTimeout, "the first pod of the new template", func(context.Context) error {
 		if slices.ContainsFunc(pods.pods(), func(p *capstanv1.Pod) bool { return versionOf(p) == newVersion }) {
 			return nil
 		}
 		return fmt.Errorf("pods: %s", describePods(pods.pods()))
 	})
 	watch.lap("update until the first new pod")
-	c.kill(t, cm.holder)
-	next := c.waitTakeover(t, cl, lease, cm)
+	c.kill(t, cm.Holder)
+	next := c.waitTakeover(t, lease, cm)
 	watch.lap("SIGKILL and takeover")
 	t.Logf("SIGKILL to %v during the rollout; %v took over", cm, next)
 	waitComplete("the rollout to complete")
 	watch.lap("rest of the rollout")
-	c.up(t)
+	c.restore(t)
 	pods.catchUp(t, cl, "sentinel-rollout")
 
 	maxActive, minAvailable := 0, replicas

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/poll"
 )
 
 // TestKillOneReplicaUnderLoad proves "a stopped replica costs the caller
@@ -34,18 +34,11 @@ import (
 // and has every object at its last acknowledged version, and its own etcd
 // member holds every key (it rejoined and caught up).
 func TestKillOneReplicaUnderLoad(t *testing.T) {
-	c := sharedCluster(t)
-	c.restoreAfter(t)
 	const ns = "e2e-kill-under-load"
-	cl := clientOf(t, c.addrs...)
-	victim := c.etcdLeader(t, cl)
-	t.Logf("killing %s, whose etcd member leads", c.names[victim])
-
-	load := startLoad(t, cl, ns)
-	load.waitProgress(t, "before the kill")
+	c, load, victim := loadTheEtcdLeader(t, ns, "the kill")
 	c.kill(t, c.names[victim])
 	load.waitProgress(t, "while "+c.names[victim]+" is dead")
-	c.up(t)
+	c.restore(t)
 	load.waitProgress(t, "after "+c.names[victim]+" is back")
 	all := load.finish(t)
 
@@ -75,7 +68,7 @@ func TestKillOneReplicaUnderLoad(t *testing.T) {
 	// that member alone from its local data, finds every key.
 	member := etcdClient(t, c.etcdURLs[victim])
 	prefix := configMapKind.Prefix(ns)
-	waitFor(t, 30*time.Second, "the restarted member to hold every key", func(ctx context.Context) error {
+	poll.For(t, 30*time.Second, "the restarted member to hold every key", func(ctx context.Context) error {
 		resp, err := member.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSerializable(), clientv3.WithCountOnly())
 		if err != nil {
 			return err
@@ -112,6 +105,24 @@ type load struct {
 	failures []error
 }
 
+// loadTheEtcdLeader sets up a test that disturbs an API replica under
+// load: the shared cluster, restored when t ends, and the load in namespace
+// ns through a client of every replica, once it makes progress. It returns
+// them with the index of the replica whose embedded etcd member leads: the
+// one to disturb, the hardest case, as the API replica and the etcd leader
+// fail together. fault names the disturbance to come, for the messages.
+func loadTheEtcdLeader(t *testing.T, ns, fault string) (*cluster, *load, int) {
+	t.Helper()
+	c := sharedCluster(t)
+	c.restoreAfter(t)
+	cl := clientOf(t, c.addrs...)
+	victim := c.etcdLeader(t)
+	t.Logf("%s of %s, whose etcd member leads", fault, c.names[victim])
+	l := startLoad(t, cl, ns)
+	l.waitProgress(t, "before "+fault)
+	return c, l, victim
+}
+
 // startLoad starts the workers; they end at finish or, at the latest, when
 // the test ends.
 func startLoad(t *testing.T, cl *client.Client, ns string) *load {
@@ -139,7 +150,7 @@ func (l *load) waitProgress(t *testing.T, phase string) {
 	for w := range loadWorkers {
 		base[w] = l.rounds[w].Load()
 	}
-	waitFor(t, 90*time.Second, "every worker to make progress "+phase, func(context.Context) error {
+	poll.For(t, 90*time.Second, "every worker to make progress "+phase, func(context.Context) error {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if len(l.failures) > 0 {
@@ -190,24 +201,11 @@ func (l *load) finish(t *testing.T) map[string]int64 {
 // client bounds each attempt (DefaultAttemptTimeout), so a call that lands on
 // the frozen API replica moves on to another.
 func TestFreezeOneReplicaUnderLoad(t *testing.T) {
-	c := sharedCluster(t)
-	c.restoreAfter(t)
-	const ns = "e2e-freeze-under-load"
-	cl := clientOf(t, c.addrs...)
-	victim := c.etcdLeader(t, cl)
-	t.Logf("freezing %s, whose etcd member leads", c.names[victim])
-
-	load := startLoad(t, cl, ns)
-	load.waitProgress(t, "before the freeze")
-	if err := c.lc.Signal(c.names[victim], syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP %s: %v", c.names[victim], err)
-	}
-	c.waitStopped(t, c.names[victim])
+	c, load, victim := loadTheEtcdLeader(t, "e2e-freeze-under-load", "the freeze")
+	c.pause(t, c.names[victim])
 	load.waitProgress(t, "while "+c.names[victim]+" is frozen")
 	load.waitProgress(t, "while "+c.names[victim]+" is still frozen")
-	if err := c.lc.Signal(c.names[victim], syscall.SIGCONT); err != nil {
-		t.Fatalf("SIGCONT %s: %v", c.names[victim], err)
-	}
+	c.resume(t, c.names[victim])
 	load.waitProgress(t, "after "+c.names[victim]+" is thawed")
 	load.finish(t)
 }
@@ -298,16 +296,9 @@ func TestQuorumLossFailsFastAndRecovers(t *testing.T) {
 		t.Fatalf("write before the freeze: %v", err)
 	}
 
-	for _, i := range frozen {
-		if err := c.lc.Signal(c.names[i], syscall.SIGSTOP); err != nil {
-			t.Fatalf("SIGSTOP %s: %v", c.names[i], err)
-		}
-	}
 	// SIGSTOP is delivered asynchronously: write only once every thread of
 	// both processes has stopped.
-	for _, i := range frozen {
-		c.waitStopped(t, c.names[i])
-	}
+	c.pause(t, c.names[frozen[0]], c.names[frozen[1]])
 	t.Logf("froze %s and %s; writing through %s", c.names[frozen[0]], c.names[frozen[1]], c.names[survivor])
 
 	// writeFailsFast checks the contract: UNAVAILABLE, before the deadline.
@@ -332,47 +323,33 @@ func TestQuorumLossFailsFastAndRecovers(t *testing.T) {
 
 	// At once, before the replica may know that the others are gone.
 	writeFailsFast("without-quorum")
-	waitFor(t, 20*time.Second, c.names[survivor]+" to report NOT_SERVING", func(ctx context.Context) error {
-		st, err := healthOf(ctx, conn)
-		if err != nil {
+	waitHealth := func(want healthpb.HealthCheckResponse_ServingStatus, timeout time.Duration) {
+		t.Helper()
+		poll.For(t, timeout, fmt.Sprintf("%s to report %v", c.names[survivor], want), func(ctx context.Context) error {
+			st, err := healthOf(ctx, conn)
+			if err == nil && st != want {
+				err = fmt.Errorf("health is %v", st)
+			}
 			return err
-		}
-		if st != healthpb.HealthCheckResponse_NOT_SERVING {
-			return fmt.Errorf("health is %v", st)
-		}
-		return nil
-	})
+		})
+	}
+	waitHealth(healthpb.HealthCheckResponse_NOT_SERVING, 20*time.Second)
 	// Again once the replica itself reports that it has no quorum.
 	writeFailsFast("while-not-serving")
 
-	for _, i := range frozen {
-		if err := c.lc.Signal(c.names[i], syscall.SIGCONT); err != nil {
-			t.Fatalf("SIGCONT %s: %v", c.names[i], err)
-		}
-	}
-	waitFor(t, 30*time.Second, c.names[survivor]+" to report SERVING again", func(ctx context.Context) error {
-		st, err := healthOf(ctx, conn)
-		if err != nil {
-			return err
-		}
-		if st != healthpb.HealthCheckResponse_SERVING {
-			return fmt.Errorf("health is %v", st)
-		}
-		return nil
-	})
+	c.resume(t, c.names[frozen[0]], c.names[frozen[1]])
+	waitHealth(healthpb.HealthCheckResponse_SERVING, 30*time.Second)
 	// Each attempt writes a new name: an attempt that timed out may still
 	// have been committed, and its retry must not meet it.
 	attempt := 0
-	waitFor(t, 30*time.Second, "a write through "+c.names[survivor]+" to succeed again", func(ctx context.Context) error {
+	poll.For(t, 30*time.Second, "a write through "+c.names[survivor]+" to succeed again", func(ctx context.Context) error {
 		attempt++
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		_, err := cms.CreateConfigMap(ctx, &capstanv1.CreateConfigMapRequest{ConfigMap: configMap(ns, fmt.Sprintf("after-the-thaw-%d", attempt), nil)})
 		return err
 	})
-	ready, cancel := context.WithTimeout(t.Context(), readyTimeout)
-	defer cancel()
-	if err := c.lc.WaitReady(ready); err != nil {
+	if err := c.WaitReady(t.Context()); err != nil {
 		t.Fatalf("every replica SERVING after SIGCONT: %v", err)
 	}
 
@@ -474,7 +451,7 @@ func TestWatchSurvivesTheKillOfItsReplica(t *testing.T) {
 	waitDelivered := func(what string) {
 		t.Helper()
 		last := want[len(want)-1].version
-		waitFor(t, 60*time.Second, "the watcher to deliver "+what, func(context.Context) error {
+		poll.For(t, 60*time.Second, "the watcher to deliver "+what, func(context.Context) error {
 			if watcher.ResourceVersion() >= last {
 				return nil
 			}
@@ -493,7 +470,7 @@ func TestWatchSurvivesTheKillOfItsReplica(t *testing.T) {
 		write(writesPerStep)
 		c.kill(t, victim)
 		write(writesPerStep)
-		c.up(t)
+		c.restore(t)
 	}
 	write(writesPerStep)
 	waitDelivered("every numbered write")

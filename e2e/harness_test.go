@@ -3,16 +3,12 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,77 +23,86 @@ import (
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/localcluster"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 )
 
 const (
-	replicaCount = 3
-	// buildTimeout bounds building the binaries when $CAPSTAN_BIN_DIR
-	// does not have them (a cold build of one takes ~40 s here).
+	// masters and workers are the shared cluster's: three masters, so
+	// that one can die with quorum intact, and three real node agents.
+	masters = 3
+	workers = 3
+	// startTimeout bounds starting the shared cluster, building the
+	// binaries included when $CAPSTAN_BIN_DIR does not have them.
+	startTimeout = 10 * time.Minute
+	// buildTimeout bounds building a binary the cluster does not run (the
+	// echo workload, capctl) when $CAPSTAN_BIN_DIR does not have it.
 	buildTimeout = 4 * time.Minute
-	// readyTimeout bounds each wait for every replica to be SERVING.
+	// readyTimeout bounds each wait for every process to be ready.
 	readyTimeout = 60 * time.Second
-	// downGrace is how long Down lets a replica shut down cleanly before it
-	// is killed.
-	downGrace = 10 * time.Second
-	// pollInterval paces every wait for a state.
-	pollInterval = 50 * time.Millisecond
+	// signalTimeout bounds a test's own wait for a signalled process.
+	signalTimeout = testcluster.SignalTimeout
 )
 
 var configMapKind = resource.MustLookup("ConfigMap")
 
-// testCluster is the shared cluster of real API servers.
-type testCluster struct {
-	lc *localcluster.Cluster
+// cluster is the shared cluster as a test sees it: testcluster's, with
+// failures reported on the test.
+type cluster struct {
+	*testcluster.Cluster
 	// names are the API servers' process names, addrs their gRPC
 	// addresses and etcdURLs their embedded members' client URLs, all in
 	// the same order.
 	names    []string
 	addrs    []string
 	etcdURLs []string
-	// candidates are the processes of each lease-gated component, by its
-	// lease name (controller-manager, scheduler); a process's identity is
-	// its name. healthURLs are their /healthz URLs.
-	candidates map[string][]string
-	healthURLs map[string]string
+}
 
-	mu sync.Mutex
+// shared is the cluster every test uses, started on first use and
+// stopped by TestMain.
+var shared struct {
+	once sync.Once
+	err  error
+
+	mu sync.Mutex // guards c (the watchdog reads it) and broken
+	c  *cluster
 	// broken is why an earlier test left the cluster unusable; later tests
 	// fail at once with it instead of timing out one by one.
 	broken error
 }
 
-var (
-	sharedOnce    sync.Once
-	shared        *testCluster
-	sharedErr     error
-	sharedRootDir string
-)
-
 func TestMain(m *testing.M) {
 	flag.Parse()
 	// A test that runs into go test's -timeout panics the binary, and
-	// TestMain's cleanup never runs; the replicas run in their own sessions
-	// and would outlive it. Stop them a little before that happens.
+	// TestMain's cleanup never runs; the processes run in their own
+	// sessions and would outlive it. Stop them a little before that.
 	var watchdog *time.Timer
 	if timeout := testTimeout(); timeout > time.Minute {
 		watchdog = time.AfterFunc(timeout-30*time.Second, func() {
 			fmt.Fprintln(os.Stderr, "e2e: the test timeout is near: stopping the cluster's processes")
-			stopShared()
+			if c := sharedOrNil(); c != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				if err := c.Down(ctx); err != nil {
+					fmt.Fprintln(os.Stderr, "e2e:", err)
+				}
+			}
 		})
 	}
 	code := m.Run()
 	if watchdog != nil {
 		watchdog.Stop()
 	}
-	if err := stopShared(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		code = 1
-	}
-	if sharedRootDir != "" {
-		if code == 0 {
-			os.RemoveAll(sharedRootDir)
-		} else {
-			fmt.Fprintf(os.Stderr, "e2e: the cluster's logs and data are kept in %s\n", sharedRootDir)
+	if c := sharedOrNil(); c != nil {
+		// Every process by its pid, and the pods' processes; the logs and
+		// data stay when a test failed.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := c.Close(ctx, code != 0)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			code = 1
+		} else if code != 0 {
+			fmt.Fprintf(os.Stderr, "e2e: the cluster's logs and data are kept in %s\n", c.Dir())
 		}
 	}
 	if code == 0 {
@@ -122,248 +127,124 @@ func testTimeout() time.Duration {
 	return 0
 }
 
-// stopShared stops every process of the shared cluster, by pid, and checks
-// that none is left.
-func stopShared() error {
-	if shared == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*downGrace)
-	defer cancel()
-	err := shared.lc.Down(ctx, downGrace)
-	// Pods outlive their node agents by design: stop them too, so a test
-	// binary that ends early leaves nothing behind.
-	if _, killErr := shared.lc.KillPods(); killErr != nil {
-		err = errors.Join(err, killErr)
-	}
-	for _, st := range shared.lc.Status() {
-		if st.Running {
-			err = errors.Join(err, fmt.Errorf("%s (pid %d) still runs after Down", st.Name, st.Pid))
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("stop the cluster: %w", err)
-	}
-	return nil
+func sharedOrNil() *cluster {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	return shared.c
 }
 
 // sharedCluster returns the shared cluster, starting it on first use, and
-// waits until every process is ready (every API replica SERVING). A test
-// that disturbs the cluster calls restoreAfter.
-func sharedCluster(t *testing.T) *testCluster {
+// waits until every process is ready. A test that disturbs the cluster
+// calls restoreAfter.
+func sharedCluster(t *testing.T) *cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("e2e: starts a real control plane of separate processes")
 	}
-	sharedOnce.Do(func() { shared, sharedErr = startCluster() })
-	if sharedErr != nil {
-		t.Fatalf("start the cluster: %v", sharedErr)
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		tc, err := testcluster.Start(ctx, testcluster.Config{
+			Name:    "e2e",
+			Masters: masters,
+			Workers: workers,
+			// The node agent's tests run their pods on the real workers
+			// only, by this label; the other tests' pods select hollow
+			// nodes of their own.
+			Args:         map[string][]string{localcluster.NodeAgentBinary: {"--labels=" + agentWorkerLabel + "=true"}},
+			ReadyTimeout: readyTimeout,
+		})
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.mu.Lock()
+		shared.c = &cluster{Cluster: tc, names: tc.APIServers(), addrs: tc.APIAddresses(), etcdURLs: tc.EtcdURLs()}
+		shared.mu.Unlock()
+	})
+	if shared.err != nil {
+		t.Fatalf("start the cluster: %v", shared.err)
 	}
-	c := shared
-	c.mu.Lock()
-	broken := c.broken
-	c.mu.Unlock()
+	shared.mu.Lock()
+	c, broken := shared.c, shared.broken
+	shared.mu.Unlock()
 	if broken != nil {
 		t.Fatalf("an earlier test left the cluster unusable: %v", broken)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), readyTimeout)
-	defer cancel()
-	if err := c.lc.WaitReady(ctx); err != nil {
+	if err := c.WaitReady(t.Context()); err != nil {
 		t.Fatalf("the cluster is not ready: %v", err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			c.logTails(t)
+			t.Logf("the end of every process's log:\n%s", c.LogTails(25))
 		}
 	})
 	return c
 }
 
-func startCluster() (*testCluster, error) {
-	root, err := os.MkdirTemp("", "capstan-e2e-")
-	if err != nil {
-		return nil, err
-	}
-	sharedRootDir = root
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	binDir, err := localcluster.FindOrBuildBinaries(ctx, filepath.Join(root, "bin"), localcluster.ControlPlaneBinaries...)
-	if err != nil {
-		return nil, err
-	}
-	runnerLog, err := os.Create(filepath.Join(root, "runner.log"))
-	if err != nil {
-		return nil, err
-	}
-	logger := slog.New(slog.NewTextHandler(runnerLog, nil))
-
-	// FreePorts releases its ports before the replicas bind them, so another
-	// program may take one in between: a failed start gets one more try on
-	// fresh ports.
-	var errs []error
-	for attempt := 1; attempt <= 2; attempt++ {
-		ports, err := localcluster.FreePorts(replicaCount)
-		if err != nil {
-			return nil, err
-		}
-		topo := localcluster.ControlPlane(binDir, filepath.Join(root, fmt.Sprintf("state-%d", attempt)), ports)
-		lc, err := localcluster.New(localcluster.Config{Topology: topo, Logger: logger, ReadyTimeout: readyTimeout})
-		if err != nil {
-			return nil, err
-		}
-		c := &testCluster{lc: lc, candidates: map[string][]string{}, healthURLs: map[string]string{}}
-		for _, p := range lc.Topology().Processes {
-			switch binary := filepath.Base(p.Binary); {
-			case binary == localcluster.APIServerBinary:
-				c.etcdURLs = append(c.etcdURLs, fmt.Sprintf("http://127.0.0.1:%d", ports[len(c.names)].EtcdClient))
-				c.names = append(c.names, p.Name)
-			case slices.Contains(leaseGated, binary):
-				// The lease of each lease-gated binary is named after it,
-				// and its processes' identities are their names.
-				c.candidates[binary] = append(c.candidates[binary], p.Name)
-				c.healthURLs[p.Name] = p.HealthURL
-			}
-		}
-		c.addrs = lc.Topology().APIAddresses()
-		// shared is set before Up, so that TestMain stops whatever Up
-		// started even if Up fails.
-		shared = c
-		upCtx, upCancel := context.WithTimeout(context.Background(), readyTimeout+10*time.Second)
-		err = lc.Up(upCtx)
-		upCancel()
-		if err == nil {
-			return c, nil
-		}
-		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
-		if err := stopShared(); err != nil {
-			return nil, errors.Join(append(errs, err)...)
-		}
-	}
-	return nil, errors.Join(errs...)
-}
-
 // restoreAfter makes the cluster whole again when t ends, however it ends:
-// every frozen process is thawed and every dead one started again, and Up
+// every frozen process is thawed, every dead one started again, and it
 // waits until all are ready. If that fails, later tests are told why.
-func (c *testCluster) restoreAfter(t *testing.T) {
+func (c *cluster) restoreAfter(t *testing.T) {
 	t.Helper()
 	t.Cleanup(func() {
-		for _, name := range c.processNames() {
-			if err := c.lc.Signal(name, syscall.SIGCONT); err != nil && !errors.Is(err, localcluster.ErrNotRunning) {
-				t.Errorf("thaw %s: %v", name, err)
-			}
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout+10*time.Second)
 		defer cancel()
-		if err := c.lc.Up(ctx); err != nil {
+		if err := c.Restore(ctx); err != nil {
 			t.Errorf("restore the cluster: %v", err)
-			c.mu.Lock()
-			c.broken = fmt.Errorf("%s could not restore it: %w", t.Name(), err)
-			c.mu.Unlock()
+			shared.mu.Lock()
+			shared.broken = fmt.Errorf("%s could not restore it: %w", t.Name(), err)
+			shared.mu.Unlock()
 		}
 	})
 }
 
-// processNames are the names of every process of the cluster, API
-// servers first.
-func (c *testCluster) processNames() []string {
-	var names []string
-	for _, p := range c.lc.Topology().Processes {
-		names = append(names, p.Name)
-	}
-	return names
-}
-
-// logTails logs the end of every process's log, for a failed test.
-func (c *testCluster) logTails(t *testing.T) {
-	const lines = 25
-	for _, name := range c.processNames() {
-		data, err := os.ReadFile(c.lc.Topology().LogPath(name))
-		if err != nil {
-			t.Logf("log of %s: %v", name, err)
-			continue
-		}
-		all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		t.Logf("last %d lines of %s's log:\n%s", lines, name, strings.Join(all[max(0, len(all)-lines):], "\n"))
-	}
-}
-
-// kill SIGKILLs the named replica and waits until it is gone.
-func (c *testCluster) kill(t *testing.T, name string) {
-	t.Helper()
-	if err := c.lc.Signal(name, syscall.SIGKILL); err != nil {
-		t.Fatalf("SIGKILL %s: %v", name, err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := c.lc.WaitExited(ctx, name); err != nil {
-		t.Fatalf("%s after SIGKILL: %v", name, err)
-	}
-}
-
-// waitStopped waits until every thread of the named replica is stopped
-// (state T in /proc), the effect of a SIGSTOP that kill(2) only queues.
-func (c *testCluster) waitStopped(t *testing.T, name string) {
-	t.Helper()
-	pid, err := c.lc.Pid(name)
-	if err != nil {
-		t.Fatalf("pid of %s: %v", name, err)
-	}
-	waitFor(t, 10*time.Second, name+" to stop", func(context.Context) error {
-		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-		if err != nil || len(tasks) == 0 {
-			return fmt.Errorf("no threads of pid %d: %v", pid, err)
-		}
-		for _, task := range tasks {
-			stat, err := os.ReadFile(task)
-			if err != nil {
-				return err
-			}
-			// The state follows the command name, which is in parentheses
-			// and may itself contain spaces or parentheses.
-			rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
-			if fields := strings.Fields(rest); len(fields) == 0 || fields[0] != "T" {
-				return fmt.Errorf("thread %s is not stopped: %q", task, strings.TrimSpace(rest)[:min(len(strings.TrimSpace(rest)), 20)])
-			}
-		}
-		return nil
-	})
-}
-
-// up starts every replica that is not running and waits until all serve.
-func (c *testCluster) up(t *testing.T) {
+// restore thaws every process, starts every dead one again and waits until
+// all are ready.
+func (c *cluster) restore(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), readyTimeout+10*time.Second)
 	defer cancel()
-	if err := c.lc.Up(ctx); err != nil {
-		t.Fatalf("Up: %v", err)
+	if err := c.Restore(ctx); err != nil {
+		t.Fatalf("restore: %v", err)
 	}
 }
 
-// etcdLeader is the index of the replica whose embedded member leads etcd,
-// as the cluster status reports it.
-func (c *testCluster) etcdLeader(t *testing.T, cl *client.Client) int {
+// kill SIGKILLs the named processes at once and waits until they are gone.
+func (c *cluster) kill(t *testing.T, names ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	if err := c.Kill(t.Context(), names...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pause SIGSTOPs the named processes at once and waits until every thread
+// of each is stopped.
+func (c *cluster) pause(t *testing.T, names ...string) {
+	t.Helper()
+	if err := c.Pause(t.Context(), names...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// resume SIGCONTs the named processes.
+func (c *cluster) resume(t *testing.T, names ...string) {
+	t.Helper()
+	if err := c.Resume(names...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// etcdLeader is the index of the replica whose embedded member leads etcd.
+func (c *cluster) etcdLeader(t *testing.T) int {
+	t.Helper()
+	ctx, cancel := callCtx(t)
 	defer cancel()
-	st, err := cl.Cluster().GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
+	i, err := c.EtcdLeader(ctx)
 	if err != nil {
-		t.Fatalf("GetClusterStatus: %v", err)
+		t.Fatal(err)
 	}
-	for _, m := range st.GetEtcdMembers() {
-		if !m.GetLeader() {
-			continue
-		}
-		for i, u := range c.etcdURLs {
-			for _, cu := range m.GetClientUrls() {
-				if cu == u {
-					return i
-				}
-			}
-		}
-	}
-	t.Fatalf("no etcd member of this cluster is reported as leader: %v", st.GetEtcdMembers())
-	return -1
+	return i
 }
 
 // newClient dials a Capstan client to the given replicas; it is closed
@@ -429,27 +310,6 @@ func etcdClient(t *testing.T, urls ...string) *clientv3.Client {
 	}
 	t.Cleanup(func() { cl.Close() })
 	return cl
-}
-
-// waitFor polls cond until it returns nil or timeout passes; then the test
-// fails with what was waited for and cond's last error.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	ticker := time.NewTicker(pollInterval)
-	defer ticker.Stop()
-	for {
-		err := cond(ctx)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-		case <-ticker.C:
-		}
-	}
 }
 
 // configMap builds a ConfigMap to create.

@@ -2,15 +2,12 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,7 +20,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/localcluster"
-	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -39,18 +36,10 @@ import (
 // process of its namespace is left (cleanupPodsAfter); one that is left is
 // SIGKILLed and the test fails.
 
-// Kinds the node agent's tests work with; named apart from the other
-// tests' so that the files do not depend on each other's variables.
-var (
-	agentPodKind        = resource.MustLookup("Pod")
-	agentNodeKind       = resource.MustLookup("Node")
-	agentReplicaSetKind = resource.MustLookup("ReplicaSet")
-)
-
 const (
-	// agentWorkerLabel marks the nodes of the cluster's own node agents;
-	// the tests' pods select it, so they never land on the nodes other
-	// tests register through the API (which no agent runs).
+	// agentWorkerLabel marks the nodes of the cluster's real node agents
+	// (they are started with it); the tests' pods select it, so they never
+	// land on the hollow nodes of other tests.
 	agentWorkerLabel = "e2e.capstan.dev/node-agent"
 	// podStartTimeout bounds each wait for pods to run: far above the
 	// second or so it takes, so reaching it means something is broken.
@@ -61,89 +50,50 @@ const (
 	// testGraceSeconds is the grace period of the tests' pods unless a test
 	// says otherwise: short, so that a clean-up never waits long.
 	testGraceSeconds = 2
-	// runtimeEnvPodUID and runtimeEnvPodNamespace are set by the process
-	// runtime in every container's environment; they tell the tests which
-	// processes belong to which pod.
-	runtimeEnvPodUID       = "CAPSTAN_POD_UID"
-	runtimeEnvPodNamespace = "CAPSTAN_POD_NAMESPACE"
 )
 
 // nodeAgents is the shared cluster seen from its workers: the node-agent
 // processes and the nodes they run, in the same order.
 type nodeAgents struct {
-	c      *testCluster
+	c      *cluster
 	cl     *client.Client
 	agents []string // process names: node-agent-1...
 	nodes  []string // node names: node-1...
 }
 
 // startNodeAgents returns the shared cluster's node agents once each of
-// their nodes is registered, Ready and labelled agentWorkerLabel=true.
+// their nodes is registered and Ready.
 func startNodeAgents(t *testing.T) *nodeAgents {
 	t.Helper()
 	c := sharedCluster(t)
 	na := &nodeAgents{c: c, cl: clientOf(t, c.addrs...)}
-	for _, p := range c.lc.Topology().Processes {
-		if filepath.Base(p.Binary) != localcluster.NodeAgentBinary {
-			continue
-		}
-		node := ""
-		for _, arg := range p.Args {
-			if v, ok := strings.CutPrefix(arg, "--node-name="); ok {
-				node = v
-			}
-		}
-		if node == "" {
-			t.Fatalf("node agent %s has no --node-name in %q", p.Name, p.Args)
-		}
-		na.agents = append(na.agents, p.Name)
-		na.nodes = append(na.nodes, node)
+	for _, a := range c.NodeAgents() {
+		na.agents = append(na.agents, a.Process)
+		na.nodes = append(na.nodes, a.Node)
 	}
 	if len(na.agents) == 0 {
-		t.Fatal("the cluster's topology has no node agents")
-	}
-	for _, node := range na.nodes {
-		na.labelWorker(t, node)
+		t.Fatal("the cluster has no node agents")
 	}
 	na.waitNodesReady(t)
 	return na
 }
 
-// labelWorker adds agentWorkerLabel to the node (the agent keeps labels
-// others set).
-func (na *nodeAgents) labelWorker(t *testing.T, node string) {
-	t.Helper()
-	waitFor(t, podStartTimeout, "node "+node+" to be registered and labelled", func(ctx context.Context) error {
-		obj, err := na.cl.Get(ctx, agentNodeKind, "", node)
-		if err != nil {
-			return err
-		}
-		n := resource.Clone(obj.(*capstanv1.Node))
-		if n.GetMetadata().GetLabels()[agentWorkerLabel] == "true" {
-			return nil
-		}
-		if n.Metadata.Labels == nil {
-			n.Metadata.Labels = map[string]string{}
-		}
-		n.Metadata.Labels[agentWorkerLabel] = "true"
-		if _, err := na.cl.Update(ctx, n); err != nil {
-			return fmt.Errorf("label node %s: %w", node, err)
-		}
-		return fmt.Errorf("labelled node %s; reading it back", node)
-	})
-}
-
-// waitNodesReady waits until every agent's node reports Ready=True.
+// waitNodesReady waits until every agent's node reports Ready=True and
+// carries agentWorkerLabel.
 func (na *nodeAgents) waitNodesReady(t *testing.T) {
 	t.Helper()
-	waitFor(t, podStartTimeout, "every agent's node to be Ready", func(ctx context.Context) error {
+	poll.For(t, podStartTimeout, "every agent's node to be Ready", func(ctx context.Context) error {
 		for _, node := range na.nodes {
-			obj, err := na.cl.Get(ctx, agentNodeKind, "", node)
+			obj, err := na.cl.Get(ctx, nodeKind, "", node)
 			if err != nil {
 				return err
 			}
-			if st := conditionStatus(obj.(*capstanv1.Node).GetStatus().GetConditions(), wellknown.NodeReady); st != wellknown.ConditionTrue {
+			n := obj.(*capstanv1.Node)
+			if st := conditionStatus(n.GetStatus().GetConditions(), wellknown.NodeReady); st != wellknown.ConditionTrue {
 				return fmt.Errorf("node %s is Ready=%q", node, st)
+			}
+			if n.GetMetadata().GetLabels()[agentWorkerLabel] != "true" {
+				return fmt.Errorf("node %s lacks %s=true: %v", node, agentWorkerLabel, n.GetMetadata().GetLabels())
 			}
 		}
 		return nil
@@ -165,7 +115,7 @@ func (na *nodeAgents) agentPids(t *testing.T) map[string]int {
 	t.Helper()
 	pids := map[string]int{}
 	for _, name := range na.agents {
-		pid, err := na.c.lc.Pid(name)
+		pid, err := na.c.Pid(name)
 		if err != nil {
 			t.Fatalf("pid of %s: %v", name, err)
 		}
@@ -195,17 +145,17 @@ func (na *nodeAgents) cleanupPodsAfter(t *testing.T, namespace string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout+podStopTimeout)
 		defer cancel()
-		rss, err := na.cl.ListAll(ctx, agentReplicaSetKind, client.ListOptions{Namespace: namespace})
+		rss, err := na.cl.ListAll(ctx, replicaSetKind, client.ListOptions{Namespace: namespace})
 		if err != nil {
 			t.Errorf("clean up: list ReplicaSets in %s: %v", namespace, err)
 		}
 		for _, rs := range rss.Items {
-			if _, err := na.cl.Delete(ctx, agentReplicaSetKind, namespace, rs.GetMetadata().GetName(), nil); err != nil && !apierrors.IsNotFound(err) {
+			if _, err := na.cl.Delete(ctx, replicaSetKind, namespace, rs.GetMetadata().GetName(), nil); err != nil && !apierrors.IsNotFound(err) {
 				t.Errorf("clean up: delete ReplicaSet %s/%s: %v", namespace, rs.GetMetadata().GetName(), err)
 			}
 		}
 		deletePods := func(opts ...client.DeleteOption) []string {
-			pods, err := na.cl.ListAll(ctx, agentPodKind, client.ListOptions{Namespace: namespace})
+			pods, err := na.cl.ListAll(ctx, podKind, client.ListOptions{Namespace: namespace})
 			if err != nil {
 				t.Errorf("clean up: list pods in %s: %v", namespace, err)
 				return nil
@@ -214,7 +164,7 @@ func (na *nodeAgents) cleanupPodsAfter(t *testing.T, namespace string) {
 			for _, p := range pods.Items {
 				name := p.GetMetadata().GetName()
 				names = append(names, name)
-				if _, err := na.cl.Delete(ctx, agentPodKind, namespace, name, nil, opts...); err != nil && !apierrors.IsNotFound(err) {
+				if _, err := na.cl.Delete(ctx, podKind, namespace, name, nil, opts...); err != nil && !apierrors.IsNotFound(err) {
 					t.Errorf("clean up: delete pod %s/%s: %v", namespace, name, err)
 				}
 			}
@@ -222,11 +172,15 @@ func (na *nodeAgents) cleanupPodsAfter(t *testing.T, namespace string) {
 		}
 		began := time.Now()
 		deletePods()
-		if !pollUntil(ctx, podStopTimeout, func() bool {
-			pods, err := na.cl.ListAll(ctx, agentPodKind, client.ListOptions{Namespace: namespace})
-			return err == nil && len(pods.Items) == 0
-		}) {
-			t.Errorf("clean up: the pods %v of %s were not removed by their agents in %v: removing them by force", deletePods(client.GracePeriod(0)), namespace, podStopTimeout)
+		err = poll.Until(ctx, podStopTimeout, "the pods of "+namespace+" to be removed", func(ctx context.Context) error {
+			pods, err := na.cl.ListAll(ctx, podKind, client.ListOptions{Namespace: namespace})
+			if err == nil && len(pods.Items) > 0 {
+				err = fmt.Errorf("%d pods left", len(pods.Items))
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("clean up: %v: removing %v by force", err, deletePods(client.GracePeriod(0)))
 		}
 		removed := time.Now()
 		// Removed from the API, a pod's processes are the agent's to stop
@@ -236,10 +190,10 @@ func (na *nodeAgents) cleanupPodsAfter(t *testing.T, namespace string) {
 			t.Logf("clean up: pods of %s removed from the API in %v, their processes gone %v later",
 				namespace, removed.Sub(began).Round(time.Millisecond), time.Since(removed).Round(time.Millisecond))
 		}()
-		if !pollUntil(ctx, podStopTimeout, func() bool { return len(namespaceProcesses(namespace)) == 0 }) {
+		if poll.Until(ctx, podStopTimeout, "no process of "+namespace, poll.True(func() bool { return len(namespaceProcesses(namespace)) == 0 })) != nil {
 			left := namespaceProcesses(namespace)
 			for _, p := range left {
-				_ = syscall.Kill(p.pid, syscall.SIGKILL)
+				_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 			}
 			t.Errorf("clean up: %d process(es) of namespace %s still ran %v after their pods were removed (killed now): %v",
 				len(left), namespace, podStopTimeout, left)
@@ -247,135 +201,28 @@ func (na *nodeAgents) cleanupPodsAfter(t *testing.T, namespace string) {
 	})
 }
 
-// pollUntil calls cond every pollInterval until it is true (true) or
-// timeout passes or ctx ends (false).
-func pollUntil(ctx context.Context, timeout time.Duration, cond func() bool) bool {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	ticker := time.NewTicker(pollInterval)
-	defer ticker.Stop()
-	for {
-		if cond() {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-ticker.C:
-		}
-	}
-}
-
-// echoPath is the demo workload's binary, built once per test binary.
-var echoPath struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// echoBinary is the absolute path of deploy/workloads/echo: from
-// $CAPSTAN_BIN_DIR when `make build` put it there, else built into the
-// shared cluster's directory (after sharedCluster).
-func echoBinary(t *testing.T) string {
+// binary is the path of a binary the cluster does not run (the echo
+// workload, capctl): from $CAPSTAN_BIN_DIR when `make build` put it there,
+// else built once into the cluster's directory.
+func (na *nodeAgents) binary(t *testing.T, name string) string {
 	t.Helper()
-	echoPath.once.Do(func() {
-		if dir := os.Getenv(localcluster.BinDirEnv); dir != "" {
-			if path, err := filepath.Abs(filepath.Join(dir, "echo")); err == nil {
-				if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-					echoPath.path = path
-					return
-				}
-			}
-		}
-		if sharedRootDir == "" {
-			echoPath.err = errors.New("no directory to build it in: call sharedCluster first")
-			return
-		}
-		dir := filepath.Join(sharedRootDir, "workloads")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			echoPath.err = err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		path := filepath.Join(dir, "echo")
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", path, "github.com/capstan-dev/capstan/deploy/workloads/echo")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			echoPath.err = fmt.Errorf("go build deploy/workloads/echo: %w\n%s", err, out)
-			return
-		}
-		echoPath.path = path
-	})
-	if echoPath.err != nil {
-		t.Fatalf("the echo workload: %v", echoPath.err)
-	}
-	return echoPath.path
-}
-
-// podProcess is one process of a pod, as /proc shows it. pid and
-// startTicks together identify it: a process started later with the same
-// pid has other start ticks.
-type podProcess struct {
-	pid        int
-	pgid       int
-	startTicks uint64
-	uid        string // its pod's uid
-	comm       string
-}
-
-func (p podProcess) String() string {
-	return fmt.Sprintf("%s[pid %d pgid %d start %d pod %s]", p.comm, p.pid, p.pgid, p.startTicks, p.uid)
-}
-
-// processesWithEnv lists the live (not zombie) processes whose initial
-// environment has key=value (value "" matches any value) — the runtime
-// gives every container its pod's uid and namespace, and the tests' pods
-// do not change them.
-func processesWithEnv(key, value string) []podProcess {
-	entries, err := os.ReadDir("/proc")
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	path, err := na.c.Binary(ctx, name)
 	if err != nil {
-		return nil
+		t.Fatal(err)
 	}
-	prefix := []byte(key + "=")
-	var out []podProcess
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		environ, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil || len(environ) == 0 {
-			continue // gone, a kernel thread, or not ours to read
-		}
-		var uid string
-		match := false
-		for _, kv := range bytes.Split(environ, []byte{0}) {
-			if v, ok := bytes.CutPrefix(kv, prefix); ok && (value == "" || string(v) == value) {
-				match = true
-			}
-			if v, ok := bytes.CutPrefix(kv, []byte(runtimeEnvPodUID+"=")); ok {
-				uid = string(v)
-			}
-		}
-		if !match {
-			continue
-		}
-		st, err := readProcStatus(pid)
-		if err != nil || st.state == "Z" || st.state == "X" {
-			continue
-		}
-		out = append(out, podProcess{pid: pid, pgid: st.pgid, startTicks: st.startTicks, uid: uid, comm: st.comm})
-	}
-	return out
+	return path
 }
 
 // podProcesses are the live processes of the pod with uid.
-func podProcesses(uid string) []podProcess { return processesWithEnv(runtimeEnvPodUID, uid) }
+func podProcesses(uid string) []localcluster.PodProcess {
+	return localcluster.PodProcesses(func(p localcluster.PodProcess) bool { return p.PodUID == uid })
+}
 
 // namespaceProcesses are the live processes of every pod of namespace.
-func namespaceProcesses(namespace string) []podProcess {
-	return processesWithEnv(runtimeEnvPodNamespace, namespace)
+func namespaceProcesses(namespace string) []localcluster.PodProcess {
+	return localcluster.PodProcesses(func(p localcluster.PodProcess) bool { return p.Namespace == namespace })
 }
 
 // environOf is the initial environment of the process, by name (empty if
@@ -394,54 +241,12 @@ func environOf(pid int) map[string]string {
 	return env
 }
 
-// procStatus is what the tests read from /proc/<pid>/stat.
-type procStatus struct {
-	comm       string
-	state      string
-	pgid       int
-	startTicks uint64
-}
-
-func readProcStatus(pid int) (procStatus, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStatus{}, err
-	}
-	// The command name is in parentheses and may itself hold spaces and
-	// parentheses: the other fields follow the last ')'.
-	open, closing := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
-	if open < 0 || closing < open {
-		return procStatus{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	fields := strings.Fields(string(data[closing+1:]))
-	// fields[0] is field 3 (state); pgrp is field 5, starttime field 22.
-	if len(fields) < 20 {
-		return procStatus{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
-	}
-	pgid, err := strconv.Atoi(fields[2])
-	if err != nil {
-		return procStatus{}, fmt.Errorf("/proc/%d/stat: pgrp: %w", pid, err)
-	}
-	ticks, err := strconv.ParseUint(fields[19], 10, 64)
-	if err != nil {
-		return procStatus{}, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
-	}
-	return procStatus{comm: string(data[open+1 : closing]), state: fields[0], pgid: pgid, startTicks: ticks}, nil
-}
-
-// alive reports whether p (that very process, not a later one with its
-// pid) still runs.
-func (p podProcess) alive() bool {
-	st, err := readProcStatus(p.pid)
-	return err == nil && st.startTicks == p.startTicks && st.state != "Z" && st.state != "X"
-}
-
 // onlyProcess is the one live process of the pod with uid, or an error if
 // there is none or more than one.
-func onlyProcess(uid string) (podProcess, error) {
+func onlyProcess(uid string) (localcluster.PodProcess, error) {
 	procs := podProcesses(uid)
 	if len(procs) != 1 {
-		return podProcess{}, fmt.Errorf("pod %s has %d live processes, want 1: %v", uid, len(procs), procs)
+		return localcluster.PodProcess{}, fmt.Errorf("pod %s has %d live processes, want 1: %v", uid, len(procs), procs)
 	}
 	return procs[0], nil
 }
@@ -557,7 +362,7 @@ func podSummary(pods []*capstanv1.Pod) string {
 
 // listPods reads the pods of namespace.
 func (na *nodeAgents) listPods(ctx context.Context, namespace string) ([]*capstanv1.Pod, error) {
-	list, err := na.cl.ListAll(ctx, agentPodKind, client.ListOptions{Namespace: namespace})
+	list, err := na.cl.ListAll(ctx, podKind, client.ListOptions{Namespace: namespace})
 	if err != nil {
 		return nil, err
 	}
@@ -616,7 +421,7 @@ func recordPods(t *testing.T, cl *client.Client, namespace string) *podRecorder 
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &podRecorder{
 		namespace: namespace,
-		watcher:   cl.Watch(ctx, agentPodKind, client.WatchOptions{Namespace: namespace}),
+		watcher:   cl.Watch(ctx, podKind, client.WatchOptions{Namespace: namespace}),
 		done:      make(chan struct{}),
 		versions:  map[string][]*capstanv1.Pod{},
 		current:   map[string]*capstanv1.Pod{},
@@ -667,7 +472,7 @@ func (r *podRecorder) history(name string) []*capstanv1.Pod {
 func (r *podRecorder) waitPod(t *testing.T, name, what string, timeout time.Duration, cond func(*capstanv1.Pod) error) *capstanv1.Pod {
 	t.Helper()
 	var got *capstanv1.Pod
-	waitFor(t, timeout, fmt.Sprintf("pod %s/%s: %s", r.namespace, name, what), func(context.Context) error {
+	poll.For(t, timeout, fmt.Sprintf("pod %s/%s: %s", r.namespace, name, what), func(context.Context) error {
 		select {
 		case <-r.done:
 			return fmt.Errorf("the watch of pods ended: %v", r.watcher.Err())
@@ -717,7 +522,7 @@ func containerRunning(p *capstanv1.Pod) error {
 // every one of substrs.
 func (na *nodeAgents) agentLogLines(t *testing.T, agent string, substrs ...string) []string {
 	t.Helper()
-	data, err := os.ReadFile(na.c.lc.Topology().LogPath(agent))
+	data, err := os.ReadFile(na.c.LogPath(agent))
 	if err != nil {
 		t.Fatalf("log of %s: %v", agent, err)
 	}

@@ -25,6 +25,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/localcluster"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -50,7 +51,7 @@ const (
 // echoPod is a running echo pod as the test found it.
 type echoPod struct {
 	name, uid, node string
-	proc            podProcess
+	proc            localcluster.PodProcess
 	port            int
 }
 
@@ -87,44 +88,28 @@ func TestNodeAgentSeedScenario(t *testing.T) {
 		stepsDone = time.Now()
 		t.Logf("the test's own steps took %v", stepsDone.Sub(began).Round(time.Millisecond))
 	})
-	echo := echoBinary(t)
+	echo := na.binary(t, "echo")
 	start := time.Now()
 	lap := func(what string) {
 		t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond))
 		start = time.Now()
 	}
 
-	ctx, cancel := callCtx(t)
-	defer cancel()
-	n := int32(replicas)
-	labels := map[string]string{"app": "echo"}
 	grace := int64(testGraceSeconds)
-	if _, err := na.cl.Create(ctx, &capstanv1.ReplicaSet{
-		Metadata: &capstanv1.ObjectMeta{Namespace: ns, Name: "echo"},
-		Spec: &capstanv1.ReplicaSetSpec{
-			Replicas: &n,
-			Selector: &capstanv1.LabelSelector{MatchLabels: labels},
-			Template: &capstanv1.PodTemplateSpec{
-				Metadata: &capstanv1.ObjectMeta{Labels: labels},
-				Spec: &capstanv1.PodSpec{
-					Containers: []*capstanv1.Container{{
-						Name:    "echo",
-						Command: []string{echo},
-						// Every replica declares 8080; the runtime gives each a
-						// node port of its own in $PORT (pods share the node's
-						// network, and here every node shares 127.0.0.1).
-						Env:       []*capstanv1.EnvVar{{Name: "HOST", Value: "127.0.0.1"}},
-						Ports:     []*capstanv1.ContainerPort{{Name: "http", ContainerPort: echoContainerPort}},
-						Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
-					}},
-					NodeSelector:                  map[string]string{agentWorkerLabel: "true"},
-					TerminationGracePeriodSeconds: &grace,
-				},
-			},
-		},
-	}); err != nil {
-		t.Fatalf("create the ReplicaSet: %v", err)
-	}
+	createReplicaSet(t, na.cl, ns, "echo", replicas, &capstanv1.PodSpec{
+		Containers: []*capstanv1.Container{{
+			Name:    "echo",
+			Command: []string{echo},
+			// Every replica declares 8080; the runtime gives each a node
+			// port of its own in $PORT (pods share the node's network, and
+			// here every node shares 127.0.0.1).
+			Env:       []*capstanv1.EnvVar{{Name: "HOST", Value: "127.0.0.1"}},
+			Ports:     []*capstanv1.ContainerPort{{Name: "http", ContainerPort: echoContainerPort}},
+			Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
+		}},
+		NodeSelector:                  map[string]string{agentWorkerLabel: "true"},
+		TerminationGracePeriodSeconds: &grace,
+	})
 
 	pods := na.waitEchoPods(t, ns, replicas, "", podStartTimeout)
 	lap("six echo pods Running, Ready and answering")
@@ -141,26 +126,7 @@ func TestNodeAgentSeedScenario(t *testing.T) {
 	agentPids := na.agentPids(t)
 
 	// Every master dies at once.
-	var masters []string
-	for _, p := range c.lc.Topology().Processes {
-		switch filepath.Base(p.Binary) {
-		case localcluster.APIServerBinary, localcluster.ControllerManagerBinary, localcluster.SchedulerBinary:
-			masters = append(masters, p.Name)
-		}
-	}
-	for _, name := range masters {
-		if err := c.lc.Signal(name, syscall.SIGKILL); err != nil {
-			t.Fatalf("SIGKILL %s: %v", name, err)
-		}
-	}
-	for _, name := range masters {
-		waitCtx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		err := c.lc.WaitExited(waitCtx, name)
-		cancel()
-		if err != nil {
-			t.Fatalf("%s after SIGKILL: %v", name, err)
-		}
-	}
+	c.kill(t, c.Processes(localcluster.APIServerBinary, localcluster.ControllerManagerBinary, localcluster.SchedulerBinary)...)
 	lap("every master killed")
 	// No state to wait for: the pods must keep answering for the whole
 	// window, so the test looks again and again until it has passed.
@@ -180,9 +146,9 @@ func TestNodeAgentSeedScenario(t *testing.T) {
 	}
 	lap("pods answered from the same processes without masters")
 
-	c.up(t)
+	c.restore(t)
 	lap("masters restarted")
-	waitFor(t, podStartTimeout, "the API to show the six pods Running and Ready, unrestarted", func(ctx context.Context) error {
+	poll.For(t, podStartTimeout, "the API to show the six pods Running and Ready, unrestarted", func(ctx context.Context) error {
 		list, err := na.listPods(ctx, ns)
 		if err != nil {
 			return err
@@ -214,7 +180,7 @@ func TestNodeAgentSeedScenario(t *testing.T) {
 	victim := slices.Sorted(maps.Keys(perNode))[0]
 	agent := na.agentOf(t, victim)
 	survivors := map[string]echoPod{}
-	var doomed []podProcess
+	var doomed []localcluster.PodProcess
 	for name, p := range pods {
 		if p.node == victim {
 			doomed = append(doomed, p.proc)
@@ -222,21 +188,21 @@ func TestNodeAgentSeedScenario(t *testing.T) {
 			survivors[name] = p
 		}
 	}
-	if err := c.lc.Signal(agent, syscall.SIGKILL); err != nil {
+	if err := c.Signal(agent, syscall.SIGKILL); err != nil {
 		t.Fatalf("SIGKILL %s: %v", agent, err)
 	}
 	for _, p := range doomed {
-		if err := syscall.Kill(-p.pgid, syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(-p.Pgid, syscall.SIGKILL); err != nil {
 			t.Fatalf("SIGKILL the process group of %v: %v", p, err)
 		}
 	}
 	killedAt := time.Now()
-	waitFor(t, 30*time.Second, agent+" and its pods to be gone", func(ctx context.Context) error {
-		if _, err := c.lc.Pid(agent); !errors.Is(err, localcluster.ErrNotRunning) {
+	poll.For(t, signalTimeout, agent+" and its pods to be gone", func(ctx context.Context) error {
+		if _, err := c.Pid(agent); !errors.Is(err, localcluster.ErrNotRunning) {
 			return fmt.Errorf("%s still runs (%v)", agent, err)
 		}
 		for _, p := range doomed {
-			if p.alive() {
+			if p.Alive() {
 				return fmt.Errorf("%v still runs", p)
 			}
 		}
@@ -269,7 +235,7 @@ func (na *nodeAgents) waitEchoPods(t *testing.T, namespace string, want int, avo
 	if avoid != "" {
 		what += ", none on " + avoid
 	}
-	waitFor(t, timeout, what, func(ctx context.Context) error {
+	poll.For(t, timeout, what, func(ctx context.Context) error {
 		list, err := na.listPods(ctx, namespace)
 		if err != nil {
 			return err
@@ -317,7 +283,7 @@ const echoContainerPort = 8080
 // servingPort is the node port the runtime gave the pod's declared
 // echoContainerPort, as the pod's status reports it, after checking that
 // the process got it in $PORT and listens there.
-func servingPort(p *capstanv1.Pod, proc podProcess) (int, error) {
+func servingPort(p *capstanv1.Pod, proc localcluster.PodProcess) (int, error) {
 	var reported int
 	for _, port := range containerStatus(p).GetPorts() {
 		if port.GetContainerPort() == echoContainerPort {
@@ -327,10 +293,10 @@ func servingPort(p *capstanv1.Pod, proc podProcess) (int, error) {
 	if reported <= 0 {
 		return 0, fmt.Errorf("its status reports no node port for container port %d: %v", echoContainerPort, containerStatus(p).GetPorts())
 	}
-	if env := environOf(proc.pid)["PORT"]; env != strconv.Itoa(reported) {
+	if env := environOf(proc.Pid)["PORT"]; env != strconv.Itoa(reported) {
 		return 0, fmt.Errorf("its process has PORT=%q, its status reports node port %d", env, reported)
 	}
-	listening, err := listeningPort(proc.pid)
+	listening, err := listeningPort(proc.Pid)
 	if err != nil {
 		return 0, err
 	}
@@ -466,7 +432,7 @@ func TestNodeAgentRestartsAndProbes(t *testing.T) {
 		if !strings.Contains(last.GetMessage(), "liveness") {
 			t.Errorf("last state %v: the message does not say that the liveness probe failed", last)
 		}
-		if before.alive() {
+		if before.Alive() {
 			t.Errorf("the process before the restart, %v, still runs", before)
 		}
 		// With the file back the next run stays up.
@@ -479,7 +445,7 @@ func TestNodeAgentRestartsAndProbes(t *testing.T) {
 			}
 			return nil
 		})
-		waitFor(t, podStartTimeout, "a new process of the liveness pod", func(context.Context) error {
+		poll.For(t, podStartTimeout, "a new process of the liveness pod", func(context.Context) error {
 			after, err := onlyProcess(uid)
 			if err != nil {
 				return err
@@ -616,14 +582,14 @@ func TestNodeAgentGracefulDeletion(t *testing.T) {
 			}
 			ctx, cancel := callCtx(t)
 			defer cancel()
-			if _, err := na.cl.Delete(ctx, agentPodKind, ns, tt.name, nil); err != nil {
+			if _, err := na.cl.Delete(ctx, podKind, ns, tt.name, nil); err != nil {
 				t.Fatalf("delete pod %s: %v", tt.name, err)
 			}
 			// Poll the API and /proc together: the pod must not leave the
 			// API while a process of it runs.
 			var goneAt time.Time
-			waitFor(t, podStopTimeout, "the pod to leave the API", func(ctx context.Context) error {
-				_, err := na.cl.Get(ctx, agentPodKind, ns, tt.name)
+			poll.For(t, podStopTimeout, "the pod to leave the API", func(ctx context.Context) error {
+				_, err := na.cl.Get(ctx, podKind, ns, tt.name)
 				if err == nil {
 					if goneAt.IsZero() && len(podProcesses(p.uid)) == 0 {
 						goneAt = time.Now()
@@ -744,7 +710,7 @@ func TestNodeAgentBadCommand(t *testing.T) {
 	}
 	ctx, cancel := callCtx(t)
 	defer cancel()
-	if err := na.c.lc.CheckReady(ctx, agent); err != nil {
+	if err := na.c.CheckReady(ctx, agent); err != nil {
 		t.Errorf("%s is not ready: %v", agent, err)
 	}
 	if panics := na.agentLogLines(t, agent, "panic"); len(panics) > 0 {
@@ -761,7 +727,7 @@ func TestNodeAgentPodLogs(t *testing.T) {
 	const ns = "e2e-agent-logs"
 	na.cleanupPodsAfter(t, ns)
 	rec := recordPods(t, na.cl, ns)
-	echo := echoBinary(t)
+	echo := na.binary(t, "echo")
 	// The probes name the declared port; the runtime probes the node port
 	// it mapped it to.
 	tcp := &capstanv1.Probe{TcpSocket: &capstanv1.TcpSocketAction{Port: echoContainerPort}, PeriodSeconds: 1}
@@ -842,7 +808,7 @@ func TestNodeAgentPodLogs(t *testing.T) {
 				mu.Unlock()
 			}
 		}()
-		waitFor(t, 20*time.Second, "a new request to show in the followed log", func(ctx context.Context) error {
+		poll.For(t, 20*time.Second, "a new request to show in the followed log", func(ctx context.Context) error {
 			if _, err := getBody(ctx, base+"/e2e-logs-follow"); err != nil {
 				return err
 			}
@@ -865,7 +831,7 @@ func TestNodeAgentPodLogs(t *testing.T) {
 	})
 
 	t.Run("capctl", func(t *testing.T) {
-		capctl := capctlBinary(t)
+		capctl := na.binary(t, "capctl")
 		ctx, cancel := callCtx(t)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, capctl, "--server", strings.Join(na.c.addrs, ","), "-n", ns, "logs", "pod/"+name, "--tail", "-1")
@@ -909,29 +875,4 @@ func readLogsErr(ctx context.Context, pods capstanv1.PodServiceClient, req *caps
 		}
 		b.Write(resp.GetData())
 	}
-}
-
-// capctlPath is the capctl binary, found or built once per test binary.
-var capctlPath struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func capctlBinary(t *testing.T) string {
-	t.Helper()
-	capctlPath.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		dir, err := localcluster.FindOrBuildBinaries(ctx, filepath.Join(sharedRootDir, "capctl-bin"), "capctl")
-		if err != nil {
-			capctlPath.err = err
-			return
-		}
-		capctlPath.path = filepath.Join(dir, "capctl")
-	})
-	if capctlPath.err != nil {
-		t.Fatalf("capctl: %v", capctlPath.err)
-	}
-	return capctlPath.path
 }

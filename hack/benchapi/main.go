@@ -1,31 +1,34 @@
 // Command benchapi measures the API server's write path against raw etcd on
 // the same cluster: it starts three real apiserver replicas (embedded etcd)
-// on free loopback ports, creates -n ConfigMaps at concurrency -c through one
-// API replica, then puts as many values of the same size straight into etcd,
-// and prints throughput, p50 and p99 of both and their ratio. `make
-// bench-api` runs it; it is a benchmark, not a test, and asserts nothing.
+// on free loopback ports (package testcluster), creates -n ConfigMaps at
+// concurrency -c through one API replica, then puts as many values of the
+// same size straight into etcd, and prints throughput, p50 and p99 of both
+// and their ratio. `make bench-api` runs it; it is a benchmark, not a test,
+// and asserts nothing.
+//
+//	benchapi [-n 2000] [-c 20] [-value-bytes 256] [-bin-dir bin] [-keep-state] [-v]
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/client"
-	"github.com/capstan-dev/capstan/internal/localcluster"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/latency"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 )
 
 func main() {
@@ -41,48 +44,22 @@ func run(ctx context.Context) error {
 	n := flag.Int("n", 2000, "writes per measurement")
 	concurrency := flag.Int("c", 20, "concurrent writers")
 	valueBytes := flag.Int("value-bytes", 256, "size of each ConfigMap's data")
+	var program testcluster.ProgramFlags
+	program.AddFlags(flag.CommandLine)
 	flag.Parse()
 
-	stateDir, err := os.MkdirTemp("", "capstan-benchapi-")
+	cluster, err := program.Start(ctx, testcluster.Config{Name: "benchapi", APIServersOnly: true})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(stateDir)
-	binDir, err := localcluster.FindOrBuildBinaries(ctx, stateDir, localcluster.APIServerBinary)
-	if err != nil {
-		return err
-	}
-	ports, err := localcluster.FreePorts(3)
-	if err != nil {
-		return err
-	}
-	topology := localcluster.Stacked(binDir, stateDir, ports)
-	topology.Processes = slices.DeleteFunc(topology.Processes, func(p localcluster.Process) bool {
-		return !strings.HasSuffix(p.Binary, "/"+localcluster.APIServerBinary)
-	})
-	cluster, err := localcluster.New(localcluster.Config{Topology: topology})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		downCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = cluster.Down(downCtx, 10*time.Second)
-	}()
-	if err := cluster.Up(ctx); err != nil {
-		return err
-	}
+	defer program.Close(cluster)
 
-	api, err := client.New(client.Config{Endpoints: topology.APIAddresses()[:1], Logger: slog.New(slog.DiscardHandler)})
+	api, err := cluster.NewClient(client.Config{Endpoints: cluster.APIAddresses()[:1], Logger: program.Logger()})
 	if err != nil {
 		return err
 	}
 	defer api.Close()
-	var etcdURLs []string
-	for _, p := range ports {
-		etcdURLs = append(etcdURLs, fmt.Sprintf("http://127.0.0.1:%d", p.EtcdClient))
-	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: etcdURLs, Logger: zap.NewNop()})
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: cluster.EtcdURLs(), Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}
@@ -128,20 +105,18 @@ func run(ctx context.Context) error {
 	etcdResult.print("raw etcd Put")
 	apiResult.print("API CreateConfigMap")
 	fmt.Printf("API / etcd: throughput %.0f %%, p99 %.2fx\n",
-		100*apiResult.perSecond/etcdResult.perSecond, apiResult.p99.Seconds()/etcdResult.p99.Seconds())
+		100*apiResult.perSecond/etcdResult.perSecond, apiResult.latency.P99.Seconds()/etcdResult.latency.P99.Seconds())
 	return nil
 }
 
 type result struct {
 	perSecond float64
-	p50, p99  time.Duration
+	latency   latency.Summary
 }
 
 func (r result) print(name string) {
-	fmt.Printf("%-22s %10.0f %10.2f %10.2f\n", name, r.perSecond, ms(r.p50), ms(r.p99))
+	fmt.Printf("%-22s %10.0f %10.2f %10.2f\n", name, r.perSecond, latency.Ms(r.latency.P50), latency.Ms(r.latency.P99))
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // measure runs n writes from concurrency goroutines and reports throughput
 // and latency percentiles. The first error stops it.
@@ -173,10 +148,5 @@ func measure(ctx context.Context, n, concurrency int, write func(ctx context.Con
 	if firstErr != nil {
 		return result{}, firstErr
 	}
-	slices.Sort(latencies)
-	return result{
-		perSecond: float64(n) / elapsed.Seconds(),
-		p50:       latencies[n/2],
-		p99:       latencies[n*99/100],
-	}, nil
+	return result{perSecond: float64(n) / elapsed.Seconds(), latency: latency.Summarize(latencies)}, nil
 }

@@ -1,7 +1,7 @@
 // Command benchfailover measures how long Capstan's lease-gated components
 // take to fail over. It brings up a full local control plane of real
-// processes on free loopback ports (package localcluster: three API servers
-// with embedded etcd, three controller-managers, three schedulers), then,
+// processes on free loopback ports (three API servers with embedded etcd,
+// three controller-managers, three schedulers), then,
 // for each component, runs -trials trials of SIGKILL and -trials of SIGTERM
 // of the active replica (the lease holder). Each trial measures, from the
 // signal, the time until the new leader's first committed write — its
@@ -15,8 +15,9 @@
 // leader has led for -settle plus a random part of a renewal interval. It
 // prints min, p50, p99 and max in milliseconds per component and signal.
 //
-// The bench plays the node agent of two nodes (it creates them Ready and
-// keeps their node leases), so the scheduler has somewhere to bind.
+// Two hollow nodes (the real node agent in --hollow-nodes mode, which
+// runs no processes) give the scheduler somewhere to bind. The cluster is
+// package testcluster's, and so are the waits on the leases.
 //
 // `make bench-failover` runs it. It is a benchmark, not a test: it asserts
 // nothing about the figures.
@@ -25,33 +26,26 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"math"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/latency"
 	"github.com/capstan-dev/capstan/internal/localcluster"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -60,7 +54,6 @@ import (
 const (
 	takeoverTimeout = 30 * time.Second
 	standbyTimeout  = 60 * time.Second
-	pollInterval    = 20 * time.Millisecond
 )
 
 var leaseKind = resource.MustLookup("Lease")
@@ -77,9 +70,8 @@ func main() {
 func run(ctx context.Context) error {
 	trials := flag.Int("trials", 10, "trials per component and signal")
 	components := flag.String("components", localcluster.ControllerManagerBinary+","+localcluster.SchedulerBinary, "lease-gated components to fail over, comma-separated")
-	binDir := flag.String("bin-dir", "", "directory holding the built binaries (default: build them into the state directory)")
-	keepState := flag.Bool("keep-state", false, "keep the state directory (data and logs of every process) and print its path")
-	verbose := flag.Bool("v", false, "log what the runner does")
+	var program testcluster.ProgramFlags
+	program.AddFlags(flag.CommandLine)
 	leaseDuration := flag.Duration("lease-duration", 0, "--lease-duration of the controller-managers and schedulers (default: theirs, 3s)")
 	settle := flag.Duration("settle", time.Second, "how long a new leader leads before the next trial signals it, plus a random part of up to one renewal interval (1s), so that signals fall at every phase of the renewal cycle")
 	flag.Parse()
@@ -96,62 +88,30 @@ func run(ctx context.Context) error {
 		}
 	}
 
-	stateDir, err := os.MkdirTemp("", "capstan-benchfailover-")
-	if err != nil {
-		return err
-	}
-	if *keepState {
-		defer fmt.Fprintln(os.Stderr, "state (data and logs) kept in", stateDir)
-	} else {
-		defer os.RemoveAll(stateDir)
-	}
-	if *binDir == "" {
-		fmt.Fprintln(os.Stderr, "building the binaries ...")
-		if *binDir, err = localcluster.FindOrBuildBinaries(ctx, filepath.Join(stateDir, "bin"), localcluster.ControlPlaneBinaries...); err != nil {
-			return err
-		}
-	}
-	ports, err := localcluster.FreePorts(3)
-	if err != nil {
-		return err
-	}
-	logger := slog.New(slog.DiscardHandler)
-	if *verbose {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	topology := localcluster.ControlPlane(*binDir, filepath.Join(stateDir, "cluster"), ports)
+	var args map[string][]string
 	if *leaseDuration != 0 {
-		for i, p := range topology.Processes {
-			if b := filepath.Base(p.Binary); b == localcluster.ControllerManagerBinary || b == localcluster.SchedulerBinary {
-				topology.Processes[i].Args = append(slices.Clone(p.Args), "--lease-duration="+leaseDuration.String())
-			}
-		}
+		lease := "--lease-duration=" + leaseDuration.String()
+		args = map[string][]string{localcluster.ControllerManagerBinary: {lease}, localcluster.SchedulerBinary: {lease}}
 	}
-	cluster, err := localcluster.New(localcluster.Config{Topology: topology, Logger: logger, ReadyTimeout: 2 * time.Minute})
+	fmt.Fprintln(os.Stderr, "starting the control plane (3 API servers, 3 controller-managers, 3 schedulers) and 2 hollow nodes ...")
+	cluster, err := program.Start(ctx, testcluster.Config{
+		Name:         "benchfailover",
+		Args:         args,
+		HollowPools:  []testcluster.HollowPool{{Name: "bench-node", Nodes: benchNodes, CPU: "16", Memory: "64Gi"}},
+		ReadyTimeout: 2 * time.Minute,
+	})
 	if err != nil {
 		return err
 	}
-	defer func() {
-		downCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := cluster.Down(downCtx, 10*time.Second); err != nil {
-			fmt.Fprintln(os.Stderr, "benchfailover: stopping the cluster:", err)
-		}
-	}()
-	fmt.Fprintln(os.Stderr, "starting the control plane (3 API servers, 3 controller-managers, 3 schedulers) ...")
-	if err := cluster.Up(ctx); err != nil {
-		return err
-	}
-	api, err := client.New(client.Config{Endpoints: topology.APIAddresses(), UserAgent: "benchfailover", Logger: logger})
+	defer program.Close(cluster)
+	api, err := cluster.NewClient(client.Config{Logger: program.Logger()})
 	if err != nil {
 		return err
 	}
 	defer api.Close()
 
-	b := &bench{cluster: cluster, topology: cluster.Topology(), api: api, settle: *settle}
-	keeperCtx, stopKeepers := context.WithCancel(ctx)
-	defer stopKeepers()
-	if err := b.prepare(ctx, keeperCtx); err != nil {
+	b := &bench{cluster: cluster, api: api, settle: *settle}
+	if err := b.prepare(ctx); err != nil {
 		return err
 	}
 	var results []result
@@ -163,7 +123,7 @@ func run(ctx context.Context) error {
 				if err != nil {
 					return fmt.Errorf("%s %v trial %d: %w", name, sig, i, err)
 				}
-				work := fmt.Sprintf("%.1f ms", ms(t.work))
+				work := fmt.Sprintf("%.1f ms", latency.Ms(t.work))
 				if t.workNote != "" {
 					work = "n/a: " + t.workNote
 					r.oldLeaderWork++
@@ -171,7 +131,7 @@ func run(ctx context.Context) error {
 					r.work = append(r.work, t.work)
 				}
 				fmt.Fprintf(os.Stderr, "%s %-7s trial %2d/%d: %s (epoch %d) -> %s (epoch %d): lease %.1f ms, %s %s\n",
-					name, signalName(sig), i, *trials, t.from, t.fromEpoch, t.to, t.toEpoch, ms(t.took), r.what, work)
+					name, signalName(sig), i, *trials, t.from, t.fromEpoch, t.to, t.toEpoch, latency.Ms(t.took), r.what, work)
 				r.lease = append(r.lease, t.took)
 			}
 			results = append(results, r)
@@ -183,9 +143,8 @@ func run(ctx context.Context) error {
 
 // bench is the cluster the trials run on.
 type bench struct {
-	cluster  *localcluster.Cluster
-	topology localcluster.Topology
-	api      *client.Client
+	cluster *testcluster.Cluster
+	api     *client.Client
 	// settle (plus up to renewInterval at random) is the least time a
 	// leader leads before it is signalled.
 	settle time.Duration
@@ -195,12 +154,11 @@ type bench struct {
 
 // The objects the bench works with.
 const (
-	benchNamespace   = "default"
-	replicaSetName   = "bench-failover"
-	replicaSetLabel  = "app=bench-failover"
-	scheduledLabel   = "app=bench-failover-sched"
-	benchNodes       = 2
-	nodeLeaseSeconds = 10
+	benchNamespace  = "default"
+	replicaSetName  = "bench-failover"
+	replicaSetLabel = "app=bench-failover"
+	scheduledLabel  = "app=bench-failover-sched"
+	benchNodes      = 2
 )
 
 var (
@@ -215,17 +173,17 @@ type workload struct {
 	what string
 	// selector selects the pods to watch.
 	selector string
-	// trigger asks for the work.
-	trigger func(ctx context.Context) error
+	// trigger asks for the work; it returns the name of the pod to watch
+	// for, or "" for any pod the selector selects.
+	trigger func(ctx context.Context) (string, error)
 	// done recognises the leader's write in a pod event.
 	done func(t capstanv1.WatchEventType, pod *capstanv1.Pod) bool
 }
 
-// prepare creates what the workloads need: a ReplicaSet scaled up by one
-// at each controller-manager trial; nodes for the scheduler to bind pods to,
-// whose node leases the bench keeps renewing until keeperCtx ends (it is
-// their node agent).
-func (b *bench) prepare(ctx, keeperCtx context.Context) error {
+// prepare creates what the workloads need: a ReplicaSet, scaled up by one
+// at each controller-manager trial; each scheduler trial creates a pod for
+// the scheduler to bind to a hollow node.
+func (b *bench) prepare(ctx context.Context) error {
 	podSpec := func() *capstanv1.PodSpec {
 		return &capstanv1.PodSpec{Containers: []*capstanv1.Container{{
 			Name:      "main",
@@ -233,32 +191,16 @@ func (b *bench) prepare(ctx, keeperCtx context.Context) error {
 			Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
 		}}}
 	}
-	replicas := int32(0)
-	rsLabels := map[string]string{"app": "bench-failover"}
-	_, err := b.api.Create(ctx, &capstanv1.ReplicaSet{
-		Metadata: &capstanv1.ObjectMeta{Name: replicaSetName, Namespace: benchNamespace},
-		Spec: &capstanv1.ReplicaSetSpec{
-			Replicas: &replicas,
-			Selector: &capstanv1.LabelSelector{MatchLabels: rsLabels},
-			Template: &capstanv1.PodTemplateSpec{Metadata: &capstanv1.ObjectMeta{Labels: rsLabels}, Spec: podSpec()},
-		},
-	})
-	if err != nil {
+	// Its pods are labelled app=<its name>: replicaSetLabel.
+	if _, err := b.api.Create(ctx, testcluster.ReplicaSet(benchNamespace, replicaSetName, 0, podSpec())); err != nil {
 		return fmt.Errorf("create the ReplicaSet: %w", err)
-	}
-	for i := 1; i <= benchNodes; i++ {
-		name := fmt.Sprintf("bench-node-%d", i)
-		if err := b.createNode(ctx, name); err != nil {
-			return err
-		}
-		go b.keepNodeLease(keeperCtx, name)
 	}
 	var podSeq int
 	b.workloads = map[string]workload{
 		localcluster.ControllerManagerBinary: {
 			what:     "pod created",
 			selector: replicaSetLabel,
-			trigger:  b.scaleUp,
+			trigger:  func(ctx context.Context) (string, error) { return "", b.scaleUp(ctx) },
 			done: func(t capstanv1.WatchEventType, _ *capstanv1.Pod) bool {
 				return t == client.Added
 			},
@@ -266,14 +208,18 @@ func (b *bench) prepare(ctx, keeperCtx context.Context) error {
 		localcluster.SchedulerBinary: {
 			what:     "pod bound",
 			selector: scheduledLabel,
-			trigger: func(ctx context.Context) error {
+			trigger: func(ctx context.Context) (string, error) {
 				podSeq++
+				name := fmt.Sprintf("bench-sched-%d", podSeq)
 				_, err := b.api.Create(ctx, &capstanv1.Pod{
-					Metadata: &capstanv1.ObjectMeta{Name: fmt.Sprintf("bench-sched-%d", podSeq), Namespace: benchNamespace, Labels: map[string]string{"app": "bench-failover-sched"}},
+					Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: benchNamespace, Labels: map[string]string{"app": "bench-failover-sched"}},
 					Spec:     podSpec(),
 				})
-				return err
+				return name, err
 			},
+			// The bound pod's first change: the hollow node then reports
+			// it Running, a change that is the node's, not the
+			// scheduler's.
 			done: func(t capstanv1.WatchEventType, pod *capstanv1.Pod) bool {
 				return t == client.Modified && pod.GetSpec().GetNodeName() != ""
 			},
@@ -295,49 +241,6 @@ func (b *bench) scaleUp(ctx context.Context) error {
 		_, err = b.api.Update(ctx, rs)
 		if err == nil || !apierrors.IsConflict(err) || attempt == 5 {
 			return err
-		}
-	}
-}
-
-// createNode registers a Ready node with room for every bench pod.
-func (b *bench) createNode(ctx context.Context, name string) error {
-	obj, err := b.api.Create(ctx, &capstanv1.Node{Metadata: &capstanv1.ObjectMeta{Name: name, Labels: map[string]string{wellknown.LabelHostname: name}}})
-	if err != nil {
-		return fmt.Errorf("create node %s: %w", name, err)
-	}
-	node := resource.Clone(obj.(*capstanv1.Node))
-	room := map[string]string{"cpu": "16", "memory": "64Gi"}
-	node.Status = &capstanv1.NodeStatus{
-		Capacity:    room,
-		Allocatable: room,
-		Conditions:  []*capstanv1.Condition{{Type: wellknown.NodeReady, Status: wellknown.ConditionTrue, Reason: "BenchNode", LastTransitionTime: timestamppb.Now(), LastHeartbeatTime: timestamppb.Now()}},
-	}
-	if _, err := b.api.UpdateStatus(ctx, node); err != nil {
-		return fmt.Errorf("node %s status: %w", name, err)
-	}
-	return nil
-}
-
-// keepNodeLease holds the node's lease until ctx ends, as its agent would,
-// so the NodeLifecycle controller keeps the node Ready.
-func (b *bench) keepNodeLease(ctx context.Context, node string) {
-	var epoch int64
-	for ctx.Err() == nil {
-		if epoch == 0 {
-			resp, err := b.api.Leases().AcquireLease(ctx, &capstanv1.AcquireLeaseRequest{
-				Namespace: wellknown.NodeLeaseNamespace, Name: node, HolderIdentity: node, LeaseDurationSeconds: nodeLeaseSeconds,
-			})
-			if err == nil && resp.GetAcquired() {
-				epoch = resp.GetLease().GetStatus().GetEpoch()
-			}
-		} else if _, err := b.api.Leases().RenewLease(ctx, &capstanv1.RenewLeaseRequest{
-			Namespace: wellknown.NodeLeaseNamespace, Name: node, HolderIdentity: node, Epoch: epoch,
-		}); apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
-			epoch = 0
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
 		}
 	}
 }
@@ -364,12 +267,18 @@ type trialResult struct {
 // until another candidate's holding is committed and until that leader's
 // first write of its own, then restarts the signalled process.
 func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal) (trialResult, error) {
-	candidates := []string{component + "-1", component + "-2", component + "-3"}
-	lease, err := b.waitStable(ctx, component, candidates)
+	settled, err := b.cluster.WaitSettled(ctx, component, standbyTimeout)
 	if err != nil {
 		return trialResult{}, err
 	}
-	leader, epoch := lease.GetSpec().GetHolderIdentity(), lease.GetStatus().GetEpoch()
+	lease, err := b.cluster.Lease(ctx, component)
+	if err != nil {
+		return trialResult{}, err
+	}
+	if testcluster.HoldingOf(lease) != settled {
+		return trialResult{}, fmt.Errorf("the lease moved on from %v to %v by itself", settled, testcluster.HoldingOf(lease))
+	}
+	leader, epoch := settled.Holder, settled.Epoch
 
 	// Both watches start from versions read now, so nothing after the
 	// signal can slip past, and well before it: etcd catches a watch that
@@ -404,15 +313,16 @@ func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal)
 		return trialResult{}, ctx.Err()
 	case <-time.After(max(wait, 200*time.Millisecond)):
 	}
-	if lease, err = b.stableLease(ctx, component, candidates); err != nil || lease.GetStatus().GetEpoch() != epoch {
-		return trialResult{}, fmt.Errorf("the leader changed by itself before the signal: %v", err)
+	if now, err := b.cluster.CheckSettled(ctx, component); err != nil || now != settled {
+		return trialResult{}, fmt.Errorf("the leader changed by itself before the signal: %v, %v", now, err)
 	}
 
 	start := time.Now()
 	if err := b.cluster.Signal(leader, sig); err != nil {
 		return trialResult{}, err
 	}
-	if err := w.trigger(ctx); err != nil {
+	want, err := w.trigger(ctx)
+	if err != nil {
 		return trialResult{}, fmt.Errorf("giving the new leader work: %w", err)
 	}
 
@@ -440,12 +350,12 @@ func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal)
 				return res, fmt.Errorf("%s: no %s within %v of %v to %s (watch: %v)", component, w.what, takeoverTimeout, sig, leader, podWatch.Err())
 			}
 			pod, ok := ev.Object.(*capstanv1.Pod)
-			if ok && workVersion == 0 && w.done(ev.Type, pod) {
+			if ok && workVersion == 0 && (want == "" || pod.GetMetadata().GetName() == want) && w.done(ev.Type, pod) {
 				workAt, workVersion = time.Since(start), ev.ResourceVersion
 			}
 		}
 	}
-	if !slices.Contains(candidates, res.to) {
+	if !slices.Contains(b.cluster.Candidates(component), res.to) {
 		return res, fmt.Errorf("lease %s taken by %q, not a candidate", component, res.to)
 	}
 	// The new holding's epoch is the revision it was created at: a later
@@ -457,112 +367,11 @@ func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal)
 		res.workNote = fmt.Sprintf("the old leader did the %s (revision %d) before the new holding (revision %d)", w.what, workVersion, res.toEpoch)
 	}
 
-	exitCtx, cancelExit := context.WithTimeout(ctx, 30*time.Second)
-	defer cancelExit()
-	if err := b.cluster.WaitExited(exitCtx, leader); err != nil {
-		return res, err
-	}
-	if _, err := b.cluster.Start(ctx, leader); err != nil {
+	// The signalled process is gone, or on its way out: start it again.
+	if err := b.cluster.Start(ctx, leader); err != nil {
 		return res, err
 	}
 	return res, nil
-}
-
-// waitStable waits until the lease is held by one of the candidates and
-// every other candidate runs and stands by — it has seen the current
-// holding, so it is watching the lease — and returns the lease.
-func (b *bench) waitStable(ctx context.Context, component string, candidates []string) (*capstanv1.Lease, error) {
-	ctx, cancel := context.WithTimeout(ctx, standbyTimeout)
-	defer cancel()
-	var last error
-	for {
-		lease, err := b.stableLease(ctx, component, candidates)
-		if err == nil {
-			return lease, nil
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("the %s replicas did not settle within %v: %w", component, standbyTimeout, last)
-		case <-time.After(pollInterval):
-		}
-	}
-}
-
-func (b *bench) stableLease(ctx context.Context, component string, candidates []string) (*capstanv1.Lease, error) {
-	resp, err := b.api.Leases().GetLease(ctx, &capstanv1.GetLeaseRequest{Namespace: wellknown.SystemNamespace, Name: component})
-	if err != nil {
-		return nil, err
-	}
-	lease := resp.GetLease()
-	holder, epoch := lease.GetSpec().GetHolderIdentity(), lease.GetStatus().GetEpoch()
-	if !slices.Contains(candidates, holder) {
-		return nil, fmt.Errorf("lease held by %q", holder)
-	}
-	for _, name := range candidates {
-		if name == holder {
-			continue
-		}
-		seen, seenEpoch, err := b.observedLeader(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		if seen != holder || seenEpoch != epoch {
-			return nil, fmt.Errorf("%s has seen %s at epoch %d, not %s at %d", name, seen, seenEpoch, holder, epoch)
-		}
-	}
-	return lease, nil
-}
-
-// observedLeader reads the holding a replica last saw from its /healthz.
-func (b *bench) observedLeader(ctx context.Context, name string) (string, int64, error) {
-	var url string
-	for _, p := range b.topology.Processes {
-		if p.Name == name {
-			url = p.HealthURL
-		}
-	}
-	if url == "" {
-		return "", 0, fmt.Errorf("%s has no health URL", name)
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", 0, fmt.Errorf("%s: %w", name, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", 0, fmt.Errorf("%s /healthz: %s", name, resp.Status)
-	}
-	fields, err := readFields(resp.Body)
-	if err != nil {
-		return "", 0, fmt.Errorf("%s /healthz: %w", name, err)
-	}
-	epoch, _ := strconv.ParseInt(fields["leader-epoch"], 10, 64)
-	return fields["leader"], epoch, nil
-}
-
-// readFields parses "key: value" lines.
-func readFields(r io.Reader) (map[string]string, error) {
-	fields := map[string]string{}
-	sc := bufio.NewScanner(io.LimitReader(r, 64<<10))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok {
-			fields[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if _, ok := fields["leader"]; !ok {
-		return nil, errors.New("no leader line (an older binary?)")
-	}
-	return fields, nil
 }
 
 // result is the samples of one component and signal.
@@ -590,10 +399,9 @@ func printResults(w io.Writer, results []result) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t0\t-\t-\t-\t-\t\n", r.component, signalName(r.signal), until)
 			return
 		}
-		s := slices.Clone(samples)
-		slices.Sort(s)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", r.component, signalName(r.signal), until, len(s),
-			ms(s[0]), ms(percentile(s, 50)), ms(percentile(s, 99)), ms(s[len(s)-1]))
+		s := latency.Summarize(samples)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", r.component, signalName(r.signal), until, s.N,
+			latency.Ms(s.Min), latency.Ms(s.P50), latency.Ms(s.P99), latency.Ms(s.Max))
 	}
 	for _, r := range results {
 		row(r, "lease", r.lease)
@@ -606,14 +414,6 @@ func printResults(w io.Writer, results []result) {
 		}
 	}
 }
-
-// percentile is the nearest-rank percentile of sorted samples.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	return sorted[max(rank, 1)-1]
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func signalName(sig syscall.Signal) string {
 	switch sig {

@@ -1,6 +1,6 @@
 // Command benchpodstart measures how fast pods start on real node agents,
 // and how fast a dead node's pods run again elsewhere. It brings up a local
-// cluster of real processes on free loopback ports (package localcluster:
+// cluster of real processes on free loopback ports (package testcluster:
 // three API servers with embedded etcd, three controller-managers, three
 // schedulers, and three node agents, node-1..3, running pods as processes),
 // then:
@@ -22,7 +22,7 @@
 // 6 s) plus --pod-eviction-timeout (10 s) plus scheduling and start.
 //
 // Every process is stopped when it ends (also on Ctrl-C): the cluster by
-// its pids (Down), then the pods' processes (KillPods). `make
+// its pids, then the pods' processes (testcluster's Close). `make
 // bench-podstart` runs it. It is a benchmark, not a test: it asserts
 // nothing about the figures.
 //
@@ -30,20 +30,15 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
-	"math"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,8 +47,11 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/latency"
 	"github.com/capstan-dev/capstan/internal/localcluster"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -61,12 +59,11 @@ import (
 const (
 	benchNamespace = "bench-podstart"
 	replicaSetName = "bench-podstart"
-	// podEnvUID is set by the node agent's process runtime in every
-	// container's environment: it tells which processes are a pod's.
-	podEnvUID = "CAPSTAN_POD_UID"
 	// defaultNodeStartupGrace is the controller-manager's own default.
 	defaultNodeStartupGrace = 20 * time.Second
-	pollInterval            = 20 * time.Millisecond
+	// readyTimeout bounds the waits for every process, and every node, to
+	// be ready.
+	readyTimeout = 2 * time.Minute
 )
 
 var (
@@ -85,11 +82,9 @@ func main() {
 
 // options are the bench's flags.
 type options struct {
+	program            testcluster.ProgramFlags
 	replicas           int
 	command            []string
-	binDir             string
-	keepState          bool
-	verbose            bool
 	skipNodeDeath      bool
 	podEvictionTimeout time.Duration
 	nodeStartupGrace   time.Duration
@@ -101,9 +96,7 @@ func parseFlags() (options, error) {
 	var o options
 	command := flag.String("command", "/bin/sleep 3600", "the pods' command, split at spaces")
 	flag.IntVar(&o.replicas, "replicas", 100, "replicas of the ReplicaSet")
-	flag.StringVar(&o.binDir, "bin-dir", "", "directory holding the built binaries (default: build them into the state directory)")
-	flag.BoolVar(&o.keepState, "keep-state", false, "keep the state directory (data and logs of every process) and print its path")
-	flag.BoolVar(&o.verbose, "v", false, "log what the runner does")
+	o.program.AddFlags(flag.CommandLine)
 	flag.BoolVar(&o.skipNodeDeath, "skip-node-death", false, "measure pod start only")
 	flag.DurationVar(&o.podEvictionTimeout, "pod-eviction-timeout", 0, "--pod-eviction-timeout of the controller-managers (default: theirs, 10s)")
 	flag.DurationVar(&o.nodeStartupGrace, "node-startup-grace", defaultNodeStartupGrace, "--node-startup-grace of the controller-managers; the node is killed no earlier than this after the cluster came up")
@@ -127,86 +120,32 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	stateDir, err := os.MkdirTemp("", "capstan-benchpodstart-")
-	if err != nil {
-		return err
+	cmArgs := []string{"--node-startup-grace=" + o.nodeStartupGrace.String()}
+	if o.podEvictionTimeout != 0 {
+		cmArgs = append(cmArgs, "--pod-eviction-timeout="+o.podEvictionTimeout.String())
 	}
-	if o.keepState {
-		defer fmt.Fprintln(os.Stderr, "state (data and logs) kept in", stateDir)
-	} else {
-		defer os.RemoveAll(stateDir)
+	args := map[string][]string{localcluster.ControllerManagerBinary: cmArgs}
+	if o.nodeLeaseDuration != 0 {
+		args[localcluster.NodeAgentBinary] = []string{"--lease-duration=" + o.nodeLeaseDuration.String()}
 	}
-	if o.binDir == "" {
-		fmt.Fprintln(os.Stderr, "building the binaries ...")
-		if o.binDir, err = localcluster.FindOrBuildBinaries(ctx, filepath.Join(stateDir, "bin"), localcluster.ControlPlaneBinaries...); err != nil {
-			return err
-		}
-	}
-	ports, err := localcluster.FreePorts(3)
-	if err != nil {
-		return err
-	}
-	logger := slog.New(slog.DiscardHandler)
-	if o.verbose {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	topology := localcluster.ControlPlane(o.binDir, filepath.Join(stateDir, "cluster"), ports)
-	for i, p := range topology.Processes {
-		var extra []string
-		switch filepath.Base(p.Binary) {
-		case localcluster.ControllerManagerBinary:
-			extra = append(extra, "--node-startup-grace="+o.nodeStartupGrace.String())
-			if o.podEvictionTimeout != 0 {
-				extra = append(extra, "--pod-eviction-timeout="+o.podEvictionTimeout.String())
-			}
-		case localcluster.NodeAgentBinary:
-			if o.nodeLeaseDuration != 0 {
-				extra = append(extra, "--lease-duration="+o.nodeLeaseDuration.String())
-			}
-		}
-		topology.Processes[i].Args = append(slices.Clone(p.Args), extra...)
-	}
-	cluster, err := localcluster.New(localcluster.Config{Topology: topology, Logger: logger, ReadyTimeout: 2 * time.Minute})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		// The pods outlive their node agents by design: Down stops the
-		// cluster, KillPods the pods' processes.
-		downCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := cluster.Down(downCtx, 10*time.Second); err != nil {
-			fmt.Fprintln(os.Stderr, "benchpodstart: stopping the cluster:", err)
-		}
-		killed, err := cluster.KillPods()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "benchpodstart: stopping the pods:", err)
-		}
-		if o.verbose {
-			fmt.Fprintf(os.Stderr, "stopped the cluster and %d pod processes\n", killed)
-		}
-	}()
 	fmt.Fprintln(os.Stderr, "starting the cluster (3 API servers, 3 controller-managers, 3 schedulers, 3 node agents) ...")
-	if err := cluster.Up(ctx); err != nil {
+	cluster, err := o.program.Start(ctx, testcluster.Config{Name: "benchpodstart", Workers: 3, Args: args, ReadyTimeout: readyTimeout})
+	if err != nil {
 		return err
 	}
+	// The pods outlive their node agents by design: Close stops the pods'
+	// processes too.
+	defer o.program.Close(cluster)
 	upAt := time.Now()
-	api, err := client.New(client.Config{Endpoints: topology.APIAddresses(), UserAgent: "benchpodstart", Logger: logger})
+	api, err := cluster.NewClient(client.Config{Logger: o.program.Logger()})
 	if err != nil {
 		return err
 	}
 	defer api.Close()
 
 	b := &bench{opts: o, cluster: cluster, api: api, agents: map[string]string{}}
-	for _, p := range cluster.Topology().Processes {
-		if filepath.Base(p.Binary) != localcluster.NodeAgentBinary {
-			continue
-		}
-		for _, arg := range p.Args {
-			if node, ok := strings.CutPrefix(arg, "--node-name="); ok {
-				b.agents[node] = p.Name
-			}
-		}
+	for _, a := range cluster.NodeAgents() {
+		b.agents[a.Node] = a.Process
 	}
 	if err := b.waitNodesReady(ctx); err != nil {
 		return err
@@ -241,13 +180,13 @@ func run(ctx context.Context) error {
 // bench is the cluster the bench runs on.
 type bench struct {
 	opts    options
-	cluster *localcluster.Cluster
+	cluster *testcluster.Cluster
 	api     *client.Client
 	agents  map[string]string // node name → node agent process
 }
 
 func (b *bench) waitNodesReady(ctx context.Context) error {
-	return poll(ctx, 2*time.Minute, "every node Ready", func(ctx context.Context) error {
+	return poll.Until(ctx, readyTimeout, "every node Ready", func(ctx context.Context) error {
 		for node := range b.agents {
 			obj, err := b.api.Get(ctx, nodeKind, "", node)
 			if err != nil {
@@ -279,35 +218,24 @@ type podStartResult struct {
 	perNode        map[string]int
 }
 
-func (b *bench) podStart(ctx context.Context, tracker *podTracker) (podStartResult, error) {
-	replicas := int32(b.opts.replicas)
-	labels := map[string]string{"app": replicaSetName}
+func (b *bench) podStart(ctx context.Context, tracker *tracker) (podStartResult, error) {
 	grace := int64(2)
-	fmt.Fprintf(os.Stderr, "creating a ReplicaSet of %d × %q ...\n", replicas, strings.Join(b.opts.command, " "))
-	created := time.Now()
-	_, err := b.api.Create(ctx, &capstanv1.ReplicaSet{
-		Metadata: &capstanv1.ObjectMeta{Namespace: benchNamespace, Name: replicaSetName},
-		Spec: &capstanv1.ReplicaSetSpec{
-			Replicas: &replicas,
-			Selector: &capstanv1.LabelSelector{MatchLabels: labels},
-			Template: &capstanv1.PodTemplateSpec{
-				Metadata: &capstanv1.ObjectMeta{Labels: labels},
-				Spec: &capstanv1.PodSpec{
-					Containers: []*capstanv1.Container{{
-						Name:      "main",
-						Command:   b.opts.command,
-						Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
-					}},
-					TerminationGracePeriodSeconds: &grace,
-				},
-			},
-		},
+	rs := testcluster.ReplicaSet(benchNamespace, replicaSetName, int32(b.opts.replicas), &capstanv1.PodSpec{
+		Containers: []*capstanv1.Container{{
+			Name:      "main",
+			Command:   b.opts.command,
+			Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
+		}},
+		TerminationGracePeriodSeconds: &grace,
 	})
+	fmt.Fprintf(os.Stderr, "creating a ReplicaSet of %d × %q ...\n", b.opts.replicas, strings.Join(b.opts.command, " "))
+	created := time.Now()
+	_, err := b.api.Create(ctx, rs)
 	if err != nil {
 		return podStartResult{}, fmt.Errorf("create the ReplicaSet: %w", err)
 	}
 	var res podStartResult
-	err = tracker.waitFor(ctx, b.opts.timeout, fmt.Sprintf("%d pods Running", replicas), func(pods map[string]*podTimes) error {
+	err = tracker.waitFor(ctx, b.opts.timeout, fmt.Sprintf("%d pods Running", b.opts.replicas), func(pods map[string]podTimes, _ map[string]time.Time) error {
 		if n := countRunning(pods, ""); n < b.opts.replicas {
 			return fmt.Errorf("%d of %d pods Running", n, b.opts.replicas)
 		}
@@ -339,7 +267,7 @@ type nodeDeathResult struct {
 	allRunning      time.Duration   // kill → -replicas pods Running again elsewhere
 }
 
-func (b *bench) nodeDeath(ctx context.Context, tracker *podTracker) (nodeDeathResult, error) {
+func (b *bench) nodeDeath(ctx context.Context, tracker *tracker) (nodeDeathResult, error) {
 	var res nodeDeathResult
 	perNode := map[string][]string{}
 	for uid, p := range tracker.snapshot() {
@@ -354,6 +282,7 @@ func (b *bench) nodeDeath(ctx context.Context, tracker *podTracker) (nodeDeathRe
 	victims := perNode[res.node]
 	res.pods = len(victims)
 	groups := podProcessGroups(victims)
+	wasNotReady := tracker.notReadySince(res.node)
 	fmt.Fprintf(os.Stderr, "SIGKILL %s and the %d process groups of its %d pods ...\n", res.agent, len(groups), len(victims))
 
 	killed := time.Now()
@@ -365,19 +294,14 @@ func (b *bench) nodeDeath(ctx context.Context, tracker *podTracker) (nodeDeathRe
 			res.processes++
 		}
 	}
-	err := tracker.waitFor(ctx, b.opts.timeout, fmt.Sprintf("%d pods Running again, none on %s", b.opts.replicas, res.node), func(pods map[string]*podTimes) error {
-		if res.notReady == 0 {
-			// The node's status, read as the wait goes (every poll).
-			callCtx, cancel := context.WithTimeout(ctx, time.Second)
-			obj, err := b.api.Get(callCtx, nodeKind, "", res.node)
-			cancel()
-			if err == nil && !nodeReady(obj.(*capstanv1.Node)) {
-				res.notReady = time.Since(killed)
-			}
+	err := tracker.waitFor(ctx, b.opts.timeout, fmt.Sprintf("%d pods Running again, none on %s", b.opts.replicas, res.node), func(pods map[string]podTimes, notReady map[string]time.Time) error {
+		// The first time the watch of nodes saw it not Ready since the kill.
+		if at := notReady[res.node]; res.notReady == 0 && at.After(wasNotReady) && at.After(killed) {
+			res.notReady = at.Sub(killed)
 		}
 		left := 0
 		for _, uid := range victims {
-			if p := pods[uid]; p != nil && p.deleted.IsZero() {
+			if p, ok := pods[uid]; ok && p.deleted.IsZero() {
 				left++
 			}
 		}
@@ -413,7 +337,7 @@ func (b *bench) nodeDeath(ctx context.Context, tracker *podTracker) (nodeDeathRe
 
 // countRunning counts the pods that exist and are Running, on a node other
 // than avoid.
-func countRunning(pods map[string]*podTimes, avoid string) int {
+func countRunning(pods map[string]podTimes, avoid string) int {
 	n := 0
 	for _, p := range pods {
 		if p.deleted.IsZero() && !p.running.IsZero() && p.node != avoid {
@@ -425,36 +349,12 @@ func countRunning(pods map[string]*podTimes, avoid string) int {
 
 // podProcessGroups are the process groups of the live processes of the
 // pods with the given uids (the runtime starts each container in its own
-// session and group, and gives it its pod's uid in the environment).
+// session and group).
 func podProcessGroups(uids []string) []int {
-	want := map[string]bool{}
-	for _, uid := range uids {
-		want[uid] = true
-	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	prefix := []byte(podEnvUID + "=")
-	seen := map[int]bool{}
 	var groups []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		environ, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
-			continue
-		}
-		for _, kv := range bytes.Split(environ, []byte{0}) {
-			if uid, ok := bytes.CutPrefix(kv, prefix); ok && want[string(uid)] {
-				if pgid, err := syscall.Getpgid(pid); err == nil && !seen[pgid] {
-					seen[pgid] = true
-					groups = append(groups, pgid)
-				}
-				break
-			}
+	for _, p := range localcluster.PodProcesses(func(p localcluster.PodProcess) bool { return slices.Contains(uids, p.PodUID) }) {
+		if !slices.Contains(groups, p.Pgid) {
+			groups = append(groups, p.Pgid)
 		}
 	}
 	return groups
@@ -466,120 +366,123 @@ type podTimes struct {
 	added, bound, running, deleted time.Time
 }
 
-// podTracker watches the bench's pods and notes when each was first seen
-// created, bound, Running and deleted.
-type podTracker struct {
-	watcher *client.Watcher
-	cancel  context.CancelFunc
-	done    chan struct{}
+// tracker watches the bench's pods and the nodes, and notes when each pod
+// was first seen created, bound, Running and deleted, and when each node
+// was last seen turning not Ready: the figures come from the moments the
+// watches deliver, not from how often the bench looks.
+type tracker struct {
+	pods, nodes *client.Watcher
+	cancel      context.CancelFunc
+	// podsDone and nodesDone are closed when a watch has ended.
+	podsDone, nodesDone chan struct{}
 
-	mu      sync.Mutex
-	pods    map[string]*podTimes // by uid
-	changed chan struct{}        // closed and replaced on every event
+	mu         sync.Mutex
+	podTimes   map[string]*podTimes // by uid
+	notReadyAt map[string]time.Time // by node: when it last turned not Ready
 }
 
-func startTracking(ctx context.Context, api *client.Client) *podTracker {
+func startTracking(ctx context.Context, api *client.Client) *tracker {
 	ctx, cancel := context.WithCancel(ctx)
-	t := &podTracker{
-		watcher: api.Watch(ctx, podKind, client.WatchOptions{Namespace: benchNamespace}),
-		cancel:  cancel,
-		done:    make(chan struct{}),
-		pods:    map[string]*podTimes{},
-		changed: make(chan struct{}),
+	t := &tracker{
+		pods:       api.Watch(ctx, podKind, client.WatchOptions{Namespace: benchNamespace}),
+		nodes:      api.Watch(ctx, nodeKind, client.WatchOptions{}),
+		cancel:     cancel,
+		podsDone:   make(chan struct{}),
+		nodesDone:  make(chan struct{}),
+		podTimes:   map[string]*podTimes{},
+		notReadyAt: map[string]time.Time{},
 	}
 	go func() {
-		defer close(t.done)
-		for ev := range t.watcher.Events() {
-			now := time.Now()
-			pod, ok := ev.Object.(*capstanv1.Pod)
-			if !ok {
+		defer close(t.podsDone)
+		for ev := range t.pods.Events() {
+			if pod, ok := ev.Object.(*capstanv1.Pod); ok {
+				t.notePod(ev.Type, pod, time.Now())
+			}
+		}
+	}()
+	go func() {
+		defer close(t.nodesDone)
+		ready := map[string]bool{}
+		for ev := range t.nodes.Events() {
+			node, ok := ev.Object.(*capstanv1.Node)
+			if !ok || ev.Type == client.Deleted {
 				continue
 			}
-			t.mu.Lock()
-			p := t.pods[pod.GetMetadata().GetUid()]
-			if p == nil {
-				p = &podTimes{added: now}
-				t.pods[pod.GetMetadata().GetUid()] = p
+			now, name := time.Now(), node.GetMetadata().GetName()
+			if was, seen := ready[name]; nodeReady(node) != was || !seen {
+				ready[name] = nodeReady(node)
+				if !ready[name] {
+					t.mu.Lock()
+					t.notReadyAt[name] = now
+					t.mu.Unlock()
+				}
 			}
-			if node := pod.GetSpec().GetNodeName(); node != "" && p.bound.IsZero() {
-				p.node, p.bound = node, now
-			}
-			if pod.GetStatus().GetPhase() == wellknown.PodRunning && p.running.IsZero() {
-				p.running = now
-			}
-			if (ev.Type == client.Deleted || pod.GetMetadata().GetDeleteTime() != nil) && p.deleted.IsZero() {
-				p.deleted = now
-			}
-			close(t.changed)
-			t.changed = make(chan struct{})
-			t.mu.Unlock()
 		}
 	}()
 	return t
 }
 
-func (t *podTracker) stop() {
-	t.watcher.Stop()
-	t.cancel()
-	<-t.done
-}
-
-// snapshot is a copy of what the tracker knows, by uid.
-func (t *podTracker) snapshot() map[string]podTimes {
+func (t *tracker) notePod(typ capstanv1.WatchEventType, pod *capstanv1.Pod, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make(map[string]podTimes, len(t.pods))
-	for uid, p := range t.pods {
+	p := t.podTimes[pod.GetMetadata().GetUid()]
+	if p == nil {
+		p = &podTimes{added: now}
+		t.podTimes[pod.GetMetadata().GetUid()] = p
+	}
+	if node := pod.GetSpec().GetNodeName(); node != "" && p.bound.IsZero() {
+		p.node, p.bound = node, now
+	}
+	if pod.GetStatus().GetPhase() == wellknown.PodRunning && p.running.IsZero() {
+		p.running = now
+	}
+	if (typ == client.Deleted || pod.GetMetadata().GetDeleteTime() != nil) && p.deleted.IsZero() {
+		p.deleted = now
+	}
+}
+
+func (t *tracker) stop() {
+	t.pods.Stop()
+	t.nodes.Stop()
+	t.cancel()
+	<-t.podsDone
+	<-t.nodesDone
+}
+
+// snapshot is a copy of what the tracker knows about the pods, by uid.
+func (t *tracker) snapshot() map[string]podTimes {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]podTimes, len(t.podTimes))
+	for uid, p := range t.podTimes {
 		out[uid] = *p
 	}
 	return out
 }
 
-// waitFor evaluates cond after every change (and every pollInterval, for
-// conditions that read more than the pods) until it returns nil.
-func (t *podTracker) waitFor(ctx context.Context, timeout time.Duration, what string, cond func(map[string]*podTimes) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		t.mu.Lock()
-		changed := t.changed
-		pods := make(map[string]*podTimes, len(t.pods))
-		for uid, p := range t.pods {
-			c := *p
-			pods[uid] = &c
-		}
-		t.mu.Unlock()
-		err := cond(pods)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (last: %v)", what, ctx.Err(), err)
-		case <-t.done:
-			return fmt.Errorf("waiting for %s: the watch of pods ended: %v", what, t.watcher.Err())
-		case <-changed:
-		case <-time.After(pollInterval):
-		}
-	}
+// notReadySince is when the node last turned not Ready (zero if never).
+func (t *tracker) notReadySince(node string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.notReadyAt[node]
 }
 
-// poll calls cond every pollInterval until it returns nil or timeout
-// passes.
-func poll(ctx context.Context, timeout time.Duration, what string, cond func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		err := cond(ctx)
-		if err == nil {
-			return nil
-		}
+// waitFor waits until cond, given what the tracker knows of the pods and
+// of when each node last turned not Ready, returns nil.
+func (t *tracker) waitFor(ctx context.Context, timeout time.Duration, what string, cond func(pods map[string]podTimes, notReady map[string]time.Time) error) error {
+	return poll.Until(ctx, timeout, what, func(context.Context) error {
 		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (last: %v)", what, ctx.Err(), err)
-		case <-time.After(pollInterval):
+		case <-t.podsDone:
+			return fmt.Errorf("the watch of pods ended: %v", t.pods.Err())
+		case <-t.nodesDone:
+			return fmt.Errorf("the watch of nodes ended: %v", t.nodes.Err())
+		default:
 		}
-	}
+		t.mu.Lock()
+		notReady := maps.Clone(t.notReadyAt)
+		t.mu.Unlock()
+		return cond(t.snapshot(), notReady)
+	})
 }
 
 func printPodStart(w io.Writer, o options, r podStartResult) {
@@ -594,22 +497,22 @@ func printPodStart(w io.Writer, o options, r podStartResult) {
 	for _, node := range slices.Sorted(maps.Keys(r.perNode)) {
 		nodes = append(nodes, fmt.Sprintf("%s %d", node, r.perNode[node]))
 	}
-	fmt.Fprintf(w, "all %d Running %.0f ms after the ReplicaSet's creation (pods per node: %s)\n", o.replicas, ms(r.allRunning), strings.Join(nodes, ", "))
+	fmt.Fprintf(w, "all %d Running %.0f ms after the ReplicaSet's creation (pods per node: %s)\n", o.replicas, latency.Ms(r.allRunning), strings.Join(nodes, ", "))
 }
 
 func printNodeDeath(w io.Writer, o options, r nodeDeathResult) {
 	fmt.Fprintf(w, "\nnode death: SIGKILL of %s (%s) and of its %d pods' processes (%d groups)\n", r.agent, r.node, r.pods, r.processes)
 	notReady := "not seen"
 	if r.notReady > 0 {
-		notReady = fmt.Sprintf("%.0f ms", ms(r.notReady))
+		notReady = fmt.Sprintf("%.0f ms", latency.Ms(r.notReady))
 	}
-	fmt.Fprintf(w, "node not Ready after %s; its pods evicted after %.0f ms (first) to %.0f ms (last)\n", notReady, ms(r.firstEvicted), ms(r.allEvicted))
+	fmt.Fprintf(w, "node not Ready after %s; its pods evicted after %.0f ms (first) to %.0f ms (last)\n", notReady, latency.Ms(r.firstEvicted), latency.Ms(r.allEvicted))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "\tpods\tp50 ms\tp99 ms\tmax ms\t")
 	row(tw, "replacement created → Running", r.fromPod)
 	row(tw, "node death → replacement Running", r.fromKill)
 	tw.Flush()
-	fmt.Fprintf(w, "%d pods Running again %.0f ms after the node died\n", o.replicas, ms(r.allRunning))
+	fmt.Fprintf(w, "%d pods Running again %.0f ms after the node died\n", o.replicas, latency.Ms(r.allRunning))
 }
 
 func row(tw io.Writer, what string, samples []time.Duration) {
@@ -617,17 +520,9 @@ func row(tw io.Writer, what string, samples []time.Duration) {
 		fmt.Fprintf(tw, "%s\t0\t-\t-\t-\t\n", what)
 		return
 	}
-	s := slices.Sorted(slices.Values(samples))
-	fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.0f\t\n", what, len(s), ms(percentile(s, 50)), ms(percentile(s, 99)), ms(s[len(s)-1]))
+	s := latency.Summarize(samples)
+	fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.0f\t\n", what, s.N, latency.Ms(s.P50), latency.Ms(s.P99), latency.Ms(s.Max))
 }
-
-// percentile is the nearest-rank percentile of sorted samples.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	return sorted[max(rank, 1)-1]
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // quoteArgs quotes the arguments that a shell would split, so the printed
 // command can be pasted.

@@ -10,9 +10,10 @@ import (
 	"strings"
 )
 
-// BuildBinaries builds services/<name> of this module for each name into
-// dir, static like the release binaries, so a test runs the real programs
-// without depending on `make build` having run. It runs `go build` from the
+// BuildBinaries builds services/<name> (or, for a workload such as echo,
+// deploy/workloads/<name>) of this module for each name into dir, static
+// like the release binaries, so a test runs the real programs without
+// depending on `make build` having run. It runs `go build` from the
 // module root, found by `go env GOMOD` from the working directory (a test's
 // package directory). Cancelling ctx kills the build.
 func BuildBinaries(ctx context.Context, dir string, names ...string) error {
@@ -31,10 +32,14 @@ func BuildBinaries(ctx context.Context, dir string, names ...string) error {
 	root := filepath.Dir(gomod)
 	args := []string{"build", "-o", dir + string(filepath.Separator)}
 	for _, name := range names {
-		if _, err := os.Stat(filepath.Join(root, "services", name, "main.go")); err != nil {
-			return fmt.Errorf("localcluster: build %s: %w", name, err)
+		pkg := "./" + filepath.Join("services", name)
+		if _, err := os.Stat(filepath.Join(root, pkg, "main.go")); err != nil {
+			pkg = "./" + filepath.Join("deploy", "workloads", name)
+			if _, wlErr := os.Stat(filepath.Join(root, pkg, "main.go")); wlErr != nil {
+				return fmt.Errorf("localcluster: build %s: neither a service nor a workload: %w", name, err)
+			}
 		}
-		args = append(args, "./services/"+name)
+		args = append(args, pkg)
 	}
 	cmd := exec.CommandContext(ctx, goTool, args...)
 	cmd.Dir = root

@@ -16,12 +16,17 @@
 // a Ctrl-C in the runner's terminal does not reach it.
 //
 // Tests get the real binaries from FindOrBuildBinaries: bin/ when `make
-// test` names it in $CAPSTAN_BIN_DIR, else a fresh build.
+// test` names it in $CAPSTAN_BIN_DIR, else a fresh build. Package
+// testcluster builds the harness of tests and benchmarks on this one.
+//
+// The topology can grow and shrink while the cluster runs (Add, Remove): a
+// test adds a pool of hollow nodes and removes it when it ends.
 //
 // Concurrency: a Cluster is safe for concurrent use. Operations that start
 // or stop processes are serialised, within one program by a mutex and
 // across programs by an advisory lock on <state>/lock; status queries and
-// readiness waits take no lock.
+// readiness waits take no lock. The list of processes is copied on write,
+// so a query sees the topology as it was when it began.
 package localcluster
 
 import (
@@ -78,13 +83,20 @@ type Config struct {
 
 // Cluster starts, watches and stops the processes of one topology.
 type Cluster struct {
-	topo         Topology
+	// paths is the topology without its processes: StateDir, and the paths
+	// derived from it. It never changes.
+	paths        Topology
 	logger       *slog.Logger
 	readyTimeout time.Duration
 
 	// mu serialises starts and stops within this program; the file lock
 	// does so across programs.
 	mu sync.Mutex
+
+	// procsMu guards procs, which is replaced, never changed in place (Add,
+	// Remove): a reader may keep the slice it got.
+	procsMu sync.RWMutex
+	procs   []Process
 }
 
 // ProcessStatus is one line of Status.
@@ -112,30 +124,12 @@ func New(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("localcluster: state dir: %w", err)
 	}
-	topo.StateDir = stateDir
-	topo.Processes = slices.Clone(topo.Processes)
-	seen := map[string]bool{}
-	for i := range topo.Processes {
-		p := &topo.Processes[i]
-		if p.Name == "" || p.Name == "." || p.Name == ".." || strings.ContainsAny(p.Name, `/\`) {
-			return nil, fmt.Errorf("localcluster: process %d: name %q is not a valid file name", i, p.Name)
+	procs := make([]Process, 0, len(topo.Processes))
+	for i, p := range topo.Processes {
+		if p, err = validProcess(p, procs); err != nil {
+			return nil, fmt.Errorf("localcluster: process %d: %w", i, err)
 		}
-		if seen[p.Name] {
-			return nil, fmt.Errorf("localcluster: process name %q appears twice", p.Name)
-		}
-		seen[p.Name] = true
-		if p.Binary == "" {
-			return nil, fmt.Errorf("localcluster: process %s: Binary is empty", p.Name)
-		}
-		if p.Binary, err = filepath.Abs(p.Binary); err != nil {
-			return nil, fmt.Errorf("localcluster: process %s: binary: %w", p.Name, err)
-		}
-		if p.RestartArgs != nil && p.RestartMarker == "" {
-			return nil, fmt.Errorf("localcluster: process %s: RestartArgs without RestartMarker", p.Name)
-		}
-		p.Args = slices.Clone(p.Args)
-		p.RestartArgs = slices.Clone(p.RestartArgs)
-		p.Env = slices.Clone(p.Env)
+		procs = append(procs, p)
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -145,14 +139,81 @@ func New(cfg Config) (*Cluster, error) {
 	if readyTimeout <= 0 {
 		readyTimeout = DefaultReadyTimeout
 	}
-	return &Cluster{topo: topo, logger: logger, readyTimeout: readyTimeout}, nil
+	return &Cluster{paths: Topology{StateDir: stateDir}, procs: procs, logger: logger, readyTimeout: readyTimeout}, nil
 }
 
-// Topology is the validated topology, with absolute paths.
+// validProcess checks p against the rules of a topology and the processes
+// before it, and returns it with absolute paths and its own copies of its
+// slices.
+func validProcess(p Process, before []Process) (Process, error) {
+	if p.Name == "" || p.Name == "." || p.Name == ".." || strings.ContainsAny(p.Name, `/\`) {
+		return p, fmt.Errorf("name %q is not a valid file name", p.Name)
+	}
+	if slices.ContainsFunc(before, func(q Process) bool { return q.Name == p.Name }) {
+		return p, fmt.Errorf("process name %q appears twice", p.Name)
+	}
+	if p.Binary == "" {
+		return p, fmt.Errorf("process %s: Binary is empty", p.Name)
+	}
+	var err error
+	if p.Binary, err = filepath.Abs(p.Binary); err != nil {
+		return p, fmt.Errorf("process %s: binary: %w", p.Name, err)
+	}
+	if p.RestartArgs != nil && p.RestartMarker == "" {
+		return p, fmt.Errorf("process %s: RestartArgs without RestartMarker", p.Name)
+	}
+	p.Args = slices.Clone(p.Args)
+	p.RestartArgs = slices.Clone(p.RestartArgs)
+	p.Env = slices.Clone(p.Env)
+	return p, nil
+}
+
+// Topology is the validated topology, with absolute paths, as it is now.
 func (c *Cluster) Topology() Topology {
-	topo := c.topo
-	topo.Processes = slices.Clone(c.topo.Processes)
+	topo := c.paths
+	topo.Processes = slices.Clone(c.processes())
 	return topo
+}
+
+// processes is the current list of processes; the caller must not change
+// it.
+func (c *Cluster) processes() []Process {
+	c.procsMu.RLock()
+	defer c.procsMu.RUnlock()
+	return c.procs
+}
+
+// Add adds p to the topology, checked as New checks a topology's
+// processes: from now on Start, Up, Down, Status and the waits know it.
+// It does not start it.
+func (c *Cluster) Add(p Process) error {
+	c.procsMu.Lock()
+	defer c.procsMu.Unlock()
+	p, err := validProcess(p, c.procs)
+	if err != nil {
+		return fmt.Errorf("localcluster: add: %w", err)
+	}
+	c.procs = append(slices.Clone(c.procs), p)
+	return nil
+}
+
+// Remove stops the named process as Stop does and then removes it from the
+// topology, so that Up no longer starts it. Its data and log stay on disk;
+// KillPods no longer looks at its pods.
+func (c *Cluster) Remove(ctx context.Context, name string, grace time.Duration) error {
+	p, err := c.process(name)
+	if err != nil {
+		return err
+	}
+	return c.withLock(ctx, func() error {
+		if err := c.stop(ctx, []*Process{p}, grace); err != nil {
+			return err
+		}
+		c.procsMu.Lock()
+		defer c.procsMu.Unlock()
+		c.procs = slices.DeleteFunc(slices.Clone(c.procs), func(q Process) bool { return q.Name == name })
+		return nil
+	})
 }
 
 // Up starts every process that is not running, in topology order, then
@@ -162,8 +223,9 @@ func (c *Cluster) Topology() Topology {
 // running (Down stops them).
 func (c *Cluster) Up(ctx context.Context) error {
 	err := c.withLock(ctx, func() error {
-		for i := range c.topo.Processes {
-			if _, err := c.start(&c.topo.Processes[i]); err != nil {
+		procs := c.processes()
+		for i := range procs {
+			if _, err := c.start(&procs[i]); err != nil {
 				return err
 			}
 		}
@@ -247,17 +309,18 @@ func (c *Cluster) Pid(name string) (int, error) {
 // Status lists every process of the topology, in order, with its pid and
 // whether it runs.
 func (c *Cluster) Status() []ProcessStatus {
-	statuses := make([]ProcessStatus, 0, len(c.topo.Processes))
-	for i := range c.topo.Processes {
-		p := &c.topo.Processes[i]
-		pid, _ := readPidFile(c.topo.PidPath(p.Name))
+	procs := c.processes()
+	statuses := make([]ProcessStatus, 0, len(procs))
+	for i := range procs {
+		p := &procs[i]
+		pid, _ := readPidFile(c.paths.PidPath(p.Name))
 		statuses = append(statuses, ProcessStatus{
 			Name:       p.Name,
 			Pid:        pid,
 			Running:    pid != 0 && isOurs(pid, p.Binary),
 			HealthAddr: p.HealthAddr,
 			HealthURL:  p.HealthURL,
-			LogPath:    c.topo.LogPath(p.Name),
+			LogPath:    c.paths.LogPath(p.Name),
 		})
 	}
 	return statuses
@@ -325,9 +388,9 @@ func healthTarget(p *Process) string {
 func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 	pending := map[string]*Process{}
 	if len(names) == 0 {
-		for i := range c.topo.Processes {
-			p := &c.topo.Processes[i]
-			pending[p.Name] = p
+		procs := c.processes()
+		for i := range procs {
+			pending[procs[i].Name] = &procs[i]
 		}
 	}
 	for _, name := range names {
@@ -344,7 +407,7 @@ func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 			pid, ok := c.running(p)
 			if !ok {
 				return fmt.Errorf("%w: %s exited before it was ready; end of %s:\n%s",
-					ErrNotRunning, name, c.topo.LogPath(name), logTail(c.topo.LogPath(name)))
+					ErrNotRunning, name, c.paths.LogPath(name), LogTail(c.paths.LogPath(name), 20))
 			}
 			probeCtx, cancel := context.WithTimeout(ctx, time.Second)
 			err := c.checkReady(probeCtx, p)
@@ -363,7 +426,7 @@ func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 		case <-ctx.Done():
 			var waiting []string
 			for _, name := range slices.Sorted(maps.Keys(pending)) {
-				waiting = append(waiting, fmt.Sprintf("%s (%v; log %s)", name, lastErr[name], c.topo.LogPath(name)))
+				waiting = append(waiting, fmt.Sprintf("%s (%v; log %s)", name, lastErr[name], c.paths.LogPath(name)))
 			}
 			return fmt.Errorf("localcluster: not ready: %s: %w", strings.Join(waiting, ", "), ctx.Err())
 		case <-time.After(pollInterval):
@@ -391,9 +454,10 @@ func (c *Cluster) WaitExited(ctx context.Context, name string) error {
 }
 
 func (c *Cluster) process(name string) (*Process, error) {
-	for i := range c.topo.Processes {
-		if c.topo.Processes[i].Name == name {
-			return &c.topo.Processes[i], nil
+	procs := c.processes()
+	for i := range procs {
+		if procs[i].Name == name {
+			return &procs[i], nil
 		}
 	}
 	return nil, fmt.Errorf("%w: %q", ErrUnknownProcess, name)
@@ -401,7 +465,7 @@ func (c *Cluster) process(name string) (*Process, error) {
 
 // running reports the pid of p if p is running.
 func (c *Cluster) running(p *Process) (int, bool) {
-	pid, err := readPidFile(c.topo.PidPath(p.Name))
+	pid, err := readPidFile(c.paths.PidPath(p.Name))
 	if err != nil || pid == 0 {
 		return 0, false
 	}
@@ -417,8 +481,8 @@ func (c *Cluster) start(p *Process) (int, error) {
 	if _, err := os.Stat(p.Binary); err != nil {
 		return 0, fmt.Errorf("localcluster: start %s: %w (build the binaries first: make build)", p.Name, err)
 	}
-	dataDir := c.topo.DataDir(p.Name)
-	for _, dir := range []string{dataDir, filepath.Dir(c.topo.LogPath(p.Name)), filepath.Dir(c.topo.PidPath(p.Name))} {
+	dataDir := c.paths.DataDir(p.Name)
+	for _, dir := range []string{dataDir, filepath.Dir(c.paths.LogPath(p.Name)), filepath.Dir(c.paths.PidPath(p.Name))} {
 		// 0700: the data directories hold etcd's data, which is the cluster's.
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
@@ -430,7 +494,7 @@ func (c *Cluster) start(p *Process) (int, error) {
 			args = p.RestartArgs
 		}
 	}
-	logPath := c.topo.LogPath(p.Name)
+	logPath := c.paths.LogPath(p.Name)
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
@@ -458,7 +522,7 @@ func (c *Cluster) start(p *Process) (int, error) {
 	if err := cmd.Process.Release(); err != nil {
 		c.logger.Warn("release process handle", "process", p.Name, "pid", pid, "err", err)
 	}
-	if err := writePidFile(c.topo.PidPath(p.Name), pid); err != nil {
+	if err := writePidFile(c.paths.PidPath(p.Name), pid); err != nil {
 		// Without its pid file the process could never be found again.
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		return 0, fmt.Errorf("localcluster: start %s: %w", p.Name, err)
@@ -472,8 +536,9 @@ func (c *Cluster) start(p *Process) (int, error) {
 func (c *Cluster) stopGroups() [][]*Process {
 	var binaries []string
 	groups := map[string][]*Process{}
-	for i := range c.topo.Processes {
-		p := &c.topo.Processes[i]
+	procs := c.processes()
+	for i := range procs {
+		p := &procs[i]
 		if _, ok := groups[p.Binary]; !ok {
 			binaries = append(binaries, p.Binary)
 		}
@@ -518,7 +583,7 @@ func (c *Cluster) stop(ctx context.Context, procs []*Process, grace time.Duratio
 			errs = append(errs, fmt.Errorf("localcluster: %s (pid %d) survived SIGKILL", p.Name, pid))
 			continue
 		}
-		if err := os.Remove(c.topo.PidPath(p.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(c.paths.PidPath(p.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("localcluster: stop %s: %w", p.Name, err))
 		}
 	}
@@ -550,10 +615,10 @@ func waitGone(ctx context.Context, pids map[*Process]int) {
 func (c *Cluster) withLock(ctx context.Context, fn func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := os.MkdirAll(c.topo.StateDir, 0o700); err != nil {
+	if err := os.MkdirAll(c.paths.StateDir, 0o700); err != nil {
 		return fmt.Errorf("localcluster: state dir: %w", err)
 	}
-	lockFile, err := os.OpenFile(filepath.Join(c.topo.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	lockFile, err := os.OpenFile(filepath.Join(c.paths.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return fmt.Errorf("localcluster: lock: %w", err)
 	}
@@ -578,17 +643,11 @@ func (c *Cluster) withLock(ctx context.Context, fn func() error) error {
 // isOurs reports whether pid is a live process running binary. A zombie is
 // not live; if it is our child it is reaped on the way.
 func isOurs(pid int, binary string) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := readProcStat("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return false
 	}
-	// The state follows the command name, which is in parentheses and may
-	// itself contain spaces and parentheses.
-	end := bytes.LastIndexByte(stat, ')')
-	if end < 0 || end+2 >= len(stat) {
-		return false
-	}
-	if state := stat[end+2]; state == 'Z' || state == 'X' {
+	if st.dead() {
 		var ws syscall.WaitStatus
 		_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 		return false
@@ -623,9 +682,10 @@ func writePidFile(path string, pid int) error {
 	return os.Rename(tmp, path)
 }
 
-// logTail is the end of a log file, for error messages.
-func logTail(path string) string {
-	const maxBytes = 4096
+// LogTail is the last lines lines of the log file at path (read from its
+// last 256 KiB at most), for a failure report: what a process said last.
+func LogTail(path string, lines int) string {
+	const maxBytes = 256 << 10
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
@@ -634,10 +694,10 @@ func logTail(path string) string {
 	if info, err := f.Stat(); err == nil && info.Size() > maxBytes {
 		_, _ = f.Seek(-maxBytes, io.SeekEnd)
 	}
-	b, _ := io.ReadAll(f)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Sprintf("(log unreadable: %v)", err)
 	}
-	return strings.Join(lines, "\n")
+	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(all[max(0, len(all)-lines):], "\n")
 }

@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/capstan-dev/capstan/internal/poll"
 )
 
 // helperEnv makes the test binary act as a managed process instead of
@@ -179,7 +181,7 @@ func TestProcessesRunDetachedAndLogToTheirFile(t *testing.T) {
 	if fields[2] != strconv.Itoa(pid) || fields[3] != strconv.Itoa(pid) {
 		t.Fatalf("pid %d has process group %s and session %s, want its own", pid, fields[2], fields[3])
 	}
-	waitForLog(ctx, t, c.Topology().LogPath("h"), "ignoring SIGTERM")
+	waitForLog(t, c.Topology().LogPath("h"), "ignoring SIGTERM")
 	if !strings.Contains(readFile(t, c.Topology().LogPath("h")), "localcluster: starting "+os.Args[0]) {
 		t.Fatal("log has no start header")
 	}
@@ -191,7 +193,7 @@ func TestDownEscalatesToSIGKILL(t *testing.T) {
 	if err := c.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitForLog(ctx, t, c.Topology().LogPath("stubborn"), "ignoring SIGTERM")
+	waitForLog(t, c.Topology().LogPath("stubborn"), "ignoring SIGTERM")
 	if err := c.Down(ctx, 200*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -471,17 +473,113 @@ func readFile(t *testing.T, path string) string {
 	return string(b)
 }
 
-func waitForLog(ctx context.Context, t *testing.T, path, text string) {
+func waitForLog(t *testing.T, path, text string) {
 	t.Helper()
-	for {
-		b, _ := os.ReadFile(path)
-		if strings.Contains(string(b), text) {
-			return
+	poll.For(t, 30*time.Second, fmt.Sprintf("%s to contain %q", path, text), func(context.Context) error {
+		b, err := os.ReadFile(path)
+		if err != nil || !strings.Contains(string(b), text) {
+			return fmt.Errorf("the log is %q (%v)", b, err)
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s never contained %q: %s", path, text, b)
-		case <-time.After(20 * time.Millisecond):
+		return nil
+	})
+}
+
+func TestAddAndRemoveAtRunTime(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, sleepProcess("first"))
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Add(sleepProcess("first")); err == nil || !strings.Contains(err.Error(), "appears twice") {
+		t.Fatalf("Add of a name the topology has: %v, want an error", err)
+	}
+	if err := c.Add(sleepProcess("added")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pid("added"); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Add started the process: %v", err)
+	}
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pid := mustPid(t, c, "added")
+	if err := c.Remove(ctx, "added", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if syscall.Kill(pid, 0) == nil && isOurs(pid, "/bin/sleep") {
+		t.Fatalf("Remove left pid %d running", pid)
+	}
+	if _, err := c.Pid("added"); !errors.Is(err, ErrUnknownProcess) {
+		t.Fatalf("Pid after Remove: %v, want ErrUnknownProcess", err)
+	}
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, st := range c.Status() {
+		names = append(names, st.Name)
+	}
+	if !slices.Equal(names, []string{"first"}) {
+		t.Fatalf("processes after Remove and Up: %v, want [first]", names)
+	}
+}
+
+func TestCheckStopped(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, sleepProcess("s"))
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckStopped("s"); err == nil {
+		t.Fatal("CheckStopped of a running process: nil")
+	}
+	if err := c.Signal("s", syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	poll.For(t, 10*time.Second, "the process to stop", func(context.Context) error { return c.CheckStopped("s") })
+	if err := c.Signal("s", syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	poll.For(t, 10*time.Second, "the process to run again", func(context.Context) error {
+		if c.CheckStopped("s") == nil {
+			return errors.New("still stopped")
 		}
+		return nil
+	})
+}
+
+func TestLayoutWithWorkersApartAndExtraArgs(t *testing.T) {
+	masters, workers, err := FreeLayoutPorts(1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range append([]int{masters[0].GRPC, masters[0].EtcdClient, masters[0].EtcdPeer, masters[0].ControllerManagerHTTP, masters[0].SchedulerHTTP}, workers...) {
+		if p == 0 || seen[p] {
+			t.Fatalf("FreeLayoutPorts gave %v and %v: a port is 0 or twice", masters, workers)
+		}
+		seen[p] = true
+	}
+	topo := Layout{
+		BinDir: "bin", StateDir: t.TempDir(), Masters: masters, Workers: workers,
+		Args: map[string][]string{ControllerManagerBinary: {"--lease-duration=2s"}, NodeAgentBinary: {"--labels=a=b"}},
+	}.Topology()
+	var names []string
+	for _, p := range topo.Processes {
+		names = append(names, p.Name)
+		wantExtra := map[string]string{"controller-manager": "--lease-duration=2s", "node-agent": "--labels=a=b"}[filepath.Base(p.Binary)]
+		if wantExtra != "" && p.Args[len(p.Args)-1] != wantExtra {
+			t.Errorf("%s args %q do not end with %q", p.Name, p.Args, wantExtra)
+		}
+	}
+	if want := []string{"apiserver-1", "controller-manager-1", "scheduler-1", "node-agent-1", "node-agent-2"}; !slices.Equal(names, want) {
+		t.Fatalf("processes %v, want %v", names, want)
+	}
+	if got := topo.Processes[4].Args[0]; got != "--node-name=node-2" {
+		t.Errorf("node-agent-2 runs %s, want --node-name=node-2", got)
+	}
+	apiOnly := Layout{BinDir: "bin", StateDir: t.TempDir(), Masters: masters, APIServersOnly: true, Workers: workers[:1]}.Topology()
+	if n := len(apiOnly.Processes); n != 2 {
+		t.Fatalf("API servers only, one worker: %d processes, want 2", n)
 	}
 }

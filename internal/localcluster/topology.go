@@ -98,8 +98,9 @@ type MasterPorts struct {
 	ControllerManagerHTTP int
 	SchedulerHTTP         int
 	// NodeAgentGRPC is the NodeAgentService port of the worker that goes
-	// with this master (node-agent-<i>, node node-<i>: one worker per
-	// master on loopback); 0 means no worker.
+	// with this master in ControlPlane (node-agent-<i>, node node-<i>: one
+	// worker per master on loopback); 0 means no worker. A Layout has its
+	// workers apart, in any number.
 	NodeAgentGRPC int
 }
 
@@ -124,36 +125,58 @@ func DefaultPorts() []MasterPorts {
 	return ports
 }
 
-// FreePorts picks ports for the given number of masters that nothing
-// listens on right now, so a test's cluster never collides with the one a
-// user runs. All listeners are held until every port is chosen, so the
-// ports are distinct; another program may still take one before the
-// cluster binds it, which a test sees as a failed start.
+// FreePorts picks ports for the given number of masters, each with its
+// worker (NodeAgentGRPC), that nothing listens on right now, so a test's
+// cluster never collides with the one a user runs. The ports are distinct;
+// another program may still take one before the cluster binds it, which a
+// test sees as a failed start.
 func FreePorts(masters int) ([]MasterPorts, error) {
-	listeners := make([]net.Listener, 0, 6*masters)
+	ports, workers, err := FreeLayoutPorts(masters, masters)
+	if err != nil {
+		return nil, err
+	}
+	for i := range ports {
+		ports[i].NodeAgentGRPC = workers[i]
+	}
+	return ports, nil
+}
+
+// FreeLayoutPorts picks, in one go, the ports of the given number of
+// masters (NodeAgentGRPC left 0) and of workers: a Layout's Masters and
+// Workers. Like FreePorts, they are distinct and free right now.
+func FreeLayoutPorts(masters, workers int) ([]MasterPorts, []int, error) {
+	const perMaster = 5
+	free, err := FreeLoopbackPorts(perMaster*masters + workers)
+	if err != nil {
+		return nil, nil, err
+	}
+	ports := make([]MasterPorts, masters)
+	for i := range ports {
+		p := free[perMaster*i:]
+		ports[i] = MasterPorts{GRPC: p[0], EtcdClient: p[1], EtcdPeer: p[2], ControllerManagerHTTP: p[3], SchedulerHTTP: p[4]}
+	}
+	return ports, free[perMaster*masters:], nil
+}
+
+// FreeLoopbackPorts returns n distinct loopback ports that nothing listens
+// on right now. Every listener is held until all n are chosen, so the
+// ports differ from each other; once they are released another program may
+// take one.
+func FreeLoopbackPorts(n int) ([]int, error) {
+	listeners := make([]net.Listener, 0, n)
 	defer func() {
 		for _, l := range listeners {
 			l.Close()
 		}
 	}()
-	next := func() (int, error) {
+	ports := make([]int, 0, n)
+	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return 0, fmt.Errorf("localcluster: pick a free port: %w", err)
+			return nil, fmt.Errorf("localcluster: pick a free port: %w", err)
 		}
 		listeners = append(listeners, l)
-		return l.Addr().(*net.TCPAddr).Port, nil
-	}
-	ports := make([]MasterPorts, masters)
-	for i := range ports {
-		p := &ports[i]
-		for _, port := range []*int{&p.GRPC, &p.EtcdClient, &p.EtcdPeer, &p.ControllerManagerHTTP, &p.SchedulerHTTP, &p.NodeAgentGRPC} {
-			p, err := next()
-			if err != nil {
-				return nil, err
-			}
-			*port = p
-		}
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
 }
@@ -166,82 +189,83 @@ func Default(binDir, stateDir string) Topology {
 	return ControlPlane(binDir, stateDir, DefaultPorts())
 }
 
-// ControlPlane is Stacked plus, for each master i, the lease-gated
-// components controller-manager-<i> and scheduler-<i>: identities equal to
-// their process names, --server listing every API server, /metrics and
-// /healthz on the master's HTTP ports (none for a port of 0). They come
-// after the API servers, so Down stops them first and a stopping leader can
-// still release its lease.
-//
-// Then come the workers: for each master whose NodeAgentGRPC port is set,
-// node-agent-<i> runs the node node-<i>, with its NodeAgentService on that
-// port (ready once SERVING there: the node is registered) and its state
-// (the runtime's checkpoints and the pods' logs) in its data directory.
-// They are last, so Down stops them first, each releasing its node lease
-// while the API servers are still up. Stopping a node agent leaves its
-// pods' processes running (the next one adopts them): Down stops the
-// cluster, not the workloads; KillPods stops those.
+// ControlPlane is the Layout of one master per entry of ports, each with
+// its API server, controller-manager and scheduler, and for each master
+// whose NodeAgentGRPC port is set a worker on that port: the topology of
+// `make local-up`, where master i and worker i share a port plan.
 func ControlPlane(binDir, stateDir string, ports []MasterPorts) Topology {
-	topo := Stacked(binDir, stateDir, ports)
-	servers := "--server=" + strings.Join(topo.APIAddresses(), ",")
-	binDir = absPath(binDir)
-	component := func(binary string, i, httpPort int) Process {
-		name := fmt.Sprintf("%s-%d", binary, i+1)
-		p := Process{
-			Name:   name,
-			Binary: filepath.Join(binDir, binary),
-			Args:   []string{"--identity=" + name, servers, "--metrics-listen="},
+	l := Layout{BinDir: binDir, StateDir: stateDir, Masters: ports}
+	for _, p := range ports {
+		if p.NodeAgentGRPC != 0 {
+			l.Workers = append(l.Workers, p.NodeAgentGRPC)
 		}
-		if httpPort != 0 {
-			addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-			p.Args[2] = "--metrics-listen=" + addr
-			p.HealthURL = "http://" + addr + "/healthz"
+	}
+	return l.Topology()
+}
+
+// Stacked is the Layout of API servers only: one master per entry of
+// ports, each an API server embedding its etcd member.
+func Stacked(binDir, stateDir string, ports []MasterPorts) Topology {
+	return Layout{BinDir: binDir, StateDir: stateDir, Masters: ports, APIServersOnly: true}.Topology()
+}
+
+// Layout describes a cluster on loopback ports: its masters, what they
+// run, its workers and extra arguments. Topology turns it into processes.
+type Layout struct {
+	// BinDir holds the binaries and StateDir the state; both are made
+	// absolute, as the paths in the arguments must not depend on the
+	// directory a process runs in.
+	BinDir, StateDir string
+	// Masters are the ports of each master (NodeAgentGRPC is not used:
+	// the workers are Workers).
+	Masters []MasterPorts
+	// APIServersOnly leaves the controller-managers and schedulers out.
+	APIServersOnly bool
+	// Workers are the NodeAgentService ports of the workers, as many as
+	// there are, whatever the number of masters.
+	Workers []int
+	// Args are appended to the arguments (first start and restart) of
+	// every process of a binary, by the binary's name: a lease duration
+	// for the controller-managers, labels for the node agents.
+	Args map[string][]string
+}
+
+// Topology is the layout's processes, in the order Up starts them:
+//
+//   - for each master i (from 1), apiserver-<i>, embedding the etcd member
+//     master-<i>; the members form one cluster. An API server whose member
+//     has already joined (its data directory holds etcd/member) restarts
+//     with --etcd-initial-cluster-state=existing.
+//   - unless APIServersOnly, controller-manager-<i> and then scheduler-<i>
+//     for each master: identities equal to their process names, --server
+//     listing every API server, /metrics and /healthz on the master's HTTP
+//     ports (none for a port of 0, and the process is then ready once it
+//     runs). They come after the API servers, so Down stops them first and
+//     a stopping leader can still release its lease.
+//   - for each worker i, node-agent-<i> runs the node node-<i>, with its
+//     NodeAgentService on the worker's port (ready once SERVING there: the
+//     node is registered) and its state (the runtime's checkpoints and the
+//     pods' logs) in its data directory. They are last, so Down stops them
+//     first, each releasing its node lease while the API servers are up.
+//     Stopping a node agent leaves its pods' processes running (the next
+//     one adopts them): Down stops the cluster, not the workloads; KillPods
+//     stops those.
+func (l Layout) Topology() Topology {
+	binDir, stateDir := absPath(l.BinDir), absPath(l.StateDir)
+	topo := Topology{StateDir: stateDir}
+	withArgs := func(p Process) Process {
+		extra := l.Args[filepath.Base(p.Binary)]
+		p.Args = append(p.Args, extra...)
+		if p.RestartArgs != nil {
+			p.RestartArgs = append(p.RestartArgs, extra...)
 		}
 		return p
 	}
-	for i, p := range ports {
-		topo.Processes = append(topo.Processes, component(ControllerManagerBinary, i, p.ControllerManagerHTTP))
-	}
-	for i, p := range ports {
-		topo.Processes = append(topo.Processes, component(SchedulerBinary, i, p.SchedulerHTTP))
-	}
-	for i, p := range ports {
-		if p.NodeAgentGRPC == 0 {
-			continue
-		}
-		name := fmt.Sprintf("%s-%d", NodeAgentBinary, i+1)
-		listen := fmt.Sprintf("127.0.0.1:%d", p.NodeAgentGRPC)
-		topo.Processes = append(topo.Processes, Process{
-			Name:   name,
-			Binary: filepath.Join(binDir, NodeAgentBinary),
-			Args: []string{
-				"--node-name=" + nodeName(i),
-				servers,
-				"--address=127.0.0.1",
-				"--listen=" + listen,
-				"--state-dir=" + topo.DataDir(name),
-			},
-			HealthAddr: listen,
-		})
-	}
-	return topo
-}
-
-// Stacked is the stacked topology on loopback: one master per entry of
-// ports, each an API server named apiserver-<i> that embeds the etcd member
-// master-<i>; the members form one cluster. An API server whose member has
-// already joined (its data directory holds etcd/member) restarts with
-// --etcd-initial-cluster-state=existing. binDir and stateDir are made
-// absolute: the paths in the arguments must not depend on the directory a
-// process runs in.
-func Stacked(binDir, stateDir string, ports []MasterPorts) Topology {
-	binDir, stateDir = absPath(binDir), absPath(stateDir)
-	topo := Topology{StateDir: stateDir}
 	var initialCluster []string
-	for i, p := range ports {
+	for i, p := range l.Masters {
 		initialCluster = append(initialCluster, fmt.Sprintf("%s=http://127.0.0.1:%d", masterName(i), p.EtcdPeer))
 	}
-	for i, p := range ports {
+	for i, p := range l.Masters {
 		name := fmt.Sprintf("apiserver-%d", i+1)
 		grpcAddr := fmt.Sprintf("127.0.0.1:%d", p.GRPC)
 		args := func(clusterState string) []string {
@@ -259,18 +283,54 @@ func Stacked(binDir, stateDir string, ports []MasterPorts) Topology {
 				"--etcd-initial-cluster-state=" + clusterState,
 			}
 		}
-		topo.Processes = append(topo.Processes, Process{
+		topo.Processes = append(topo.Processes, withArgs(Process{
 			Name:          name,
 			Binary:        filepath.Join(binDir, APIServerBinary),
 			Args:          args("new"),
 			RestartArgs:   args("existing"),
 			RestartMarker: filepath.Join("etcd", "member"),
 			HealthAddr:    grpcAddr,
-		})
+		}))
 	}
-	// ControlPlane adds the lease-gated components and the workers
-	// (node-agent-<i>). Up starts processes in this order, and Down stops
-	// them in reverse, so clients stop before the API servers.
+	servers := "--server=" + strings.Join(topo.APIAddresses(), ",")
+	component := func(binary string, i, httpPort int) Process {
+		name := fmt.Sprintf("%s-%d", binary, i+1)
+		p := Process{
+			Name:   name,
+			Binary: filepath.Join(binDir, binary),
+			Args:   []string{"--identity=" + name, servers, "--metrics-listen="},
+		}
+		if httpPort != 0 {
+			addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+			p.Args[2] = "--metrics-listen=" + addr
+			p.HealthURL = "http://" + addr + "/healthz"
+		}
+		return withArgs(p)
+	}
+	if !l.APIServersOnly {
+		for i, p := range l.Masters {
+			topo.Processes = append(topo.Processes, component(ControllerManagerBinary, i, p.ControllerManagerHTTP))
+		}
+		for i, p := range l.Masters {
+			topo.Processes = append(topo.Processes, component(SchedulerBinary, i, p.SchedulerHTTP))
+		}
+	}
+	for i, port := range l.Workers {
+		name := fmt.Sprintf("%s-%d", NodeAgentBinary, i+1)
+		listen := fmt.Sprintf("127.0.0.1:%d", port)
+		topo.Processes = append(topo.Processes, withArgs(Process{
+			Name:   name,
+			Binary: filepath.Join(binDir, NodeAgentBinary),
+			Args: []string{
+				"--node-name=" + NodeName(i),
+				servers,
+				"--address=127.0.0.1",
+				"--listen=" + listen,
+				"--state-dir=" + topo.DataDir(name),
+			},
+			HealthAddr: listen,
+		}))
+	}
 	return topo
 }
 
@@ -285,4 +345,5 @@ func absPath(path string) string {
 
 func masterName(i int) string { return fmt.Sprintf("master-%d", i+1) }
 
-func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }
+// NodeName is the node that worker i (from 0) of a Layout runs: node-<i+1>.
+func NodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }

@@ -40,8 +40,13 @@ func UntilEvery(ctx context.Context, interval, timeout time.Duration, what strin
 	}
 	var last error
 	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
-		last = cond(ctx)
-		return last == nil, nil
+		answer := cond(ctx)
+		// A condition that calls out with the wait's own context answers
+		// the wait's end on its last look; the answer before says more.
+		if answer == nil || last == nil || ctx.Err() == nil {
+			last = answer
+		}
+		return answer == nil, nil
 	})
 	if err == nil {
 		return nil
