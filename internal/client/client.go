@@ -10,19 +10,19 @@ import (
 	"strings"
 	"time"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	// Registers client-side health checking, which the service config below
+	// turns on.
+	_ "google.golang.org/grpc/health"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 
-	// Registers client-side health checking, which the service config below
-	// turns on.
-	_ "google.golang.org/grpc/health"
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 )
 
 // DefaultEndpoints are the API replicas of a local cluster (make up /

@@ -3,9 +3,10 @@ package client
 import (
 	"maps"
 
-	"github.com/capstan-dev/capstan/internal/resource"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/capstan-dev/capstan/internal/resource"
 )
 
 // The comparisons below decide whether a stored object is the result of a

@@ -4,9 +4,10 @@ import (
 	"context"
 	"strconv"
 
+	"google.golang.org/grpc/metadata"
+
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"google.golang.org/grpc/metadata"
 )
 
 // Fence is a lease holding: the lease and the epoch it was acquired at.

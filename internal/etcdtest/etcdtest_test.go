@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capstan-dev/capstan/internal/etcdtest"
 	"go.uber.org/goleak"
+
+	"github.com/capstan-dev/capstan/internal/etcdtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.IgnoredGoroutines()...) }

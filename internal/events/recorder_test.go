@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
-	"go.uber.org/goleak"
-	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -13,9 +13,10 @@ import (
 	"sort"
 	"strings"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 )
 
 // Object is a stored Capstan object: a generated message with metadata.

@@ -4,16 +4,17 @@ import (
 	"strings"
 	"testing"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
-	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/capstan-dev/capstan/internal/storage"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/typepb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"k8s.io/apimachinery/pkg/labels"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage"
 )
 
 // requireInvalid fails unless err is INVALID_ARGUMENT naming field.

@@ -1,8 +1,9 @@
 package validation
 
 import (
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 )
 
 // ConfigMapDataSizeLimit is the most bytes (keys and values together) a

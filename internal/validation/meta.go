@@ -1,11 +1,12 @@
 package validation
 
 import (
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/resource"
 	k8sresource "k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/resource"
 )
 
 // TotalAnnotationSizeLimit is the most bytes (keys and values together) an

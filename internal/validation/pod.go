@@ -3,9 +3,10 @@ package validation
 import (
 	"strings"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 )
 
 // Values of the string enums of pod and node specs.

@@ -23,10 +23,11 @@ import (
 	"strconv"
 	"strings"
 
+	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/resource"
-	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Object validates obj, an object of kind, on create or update. root is the

@@ -4,10 +4,11 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/resource"
-	"google.golang.org/grpc/codes"
 )
 
 // testCase is one rule, valid or broken: wantField is the field the error

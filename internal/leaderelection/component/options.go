@@ -15,7 +15,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
 	"net"
 	"net/url"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/leaderelection"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 

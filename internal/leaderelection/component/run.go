@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/leaderelection"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"github.com/capstan-dev/capstan/internal/version"
 )
 

@@ -32,15 +32,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/capstan-dev/capstan/internal/apierrors"
-	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/capstan-dev/capstan/internal/storage"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage"
 )
 
 // maxListChunk caps how many keys one range of a filtered, paginated List

@@ -10,13 +10,6 @@ import (
 	"testing"
 	"time"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
-	"github.com/capstan-dev/capstan/internal/etcdtest"
-	"github.com/capstan-dev/capstan/internal/poll"
-	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/capstan-dev/capstan/internal/storage"
-	"github.com/capstan-dev/capstan/internal/storage/storagetest"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
@@ -24,6 +17,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/etcdtest"
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage"
+	"github.com/capstan-dev/capstan/internal/storage/storagetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.IgnoredGoroutines()...) }

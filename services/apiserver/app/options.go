@@ -16,7 +16,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
 	"log/slog"
 	"net"
@@ -29,6 +28,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/types"
 
 	"github.com/capstan-dev/capstan/internal/grpcserver"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/etcdmember"
 )
 

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/logging"
 	"io"
 	"maps"
 	"net"
@@ -26,6 +25,7 @@ import (
 	k8svalidation "k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/logging"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/validation"
 	"github.com/capstan-dev/capstan/services/node-agent/internal/agent"

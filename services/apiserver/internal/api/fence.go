@@ -5,12 +5,13 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/grpc/metadata"
+
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/validation"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
-	"google.golang.org/grpc/metadata"
 )
 
 // writeOptions reads the fencing metadata of a call (wellknown.MetadataLease,

@@ -6,14 +6,15 @@ import (
 	"io"
 	"sync"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
-	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 )
 
 // logProxy serves PodService/StreamPodLogs by calling the node agent of the

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/etcdtest"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -17,6 +16,8 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/capstan-dev/capstan/internal/etcdtest"
 )
 
 func TestMain(m *testing.M) {

@@ -27,18 +27,19 @@ import (
 	"log/slog"
 	"time"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/apierrors"
-	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/capstan-dev/capstan/internal/storage"
-	"github.com/capstan-dev/capstan/internal/storage/etcd3"
-	"github.com/capstan-dev/capstan/internal/validation"
 	"github.com/google/uuid"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/storage"
+	"github.com/capstan-dev/capstan/internal/storage/etcd3"
+	"github.com/capstan-dev/capstan/internal/validation"
 )
 
 // MinDurationSeconds is the shortest lease: etcd's minimum TTL with its

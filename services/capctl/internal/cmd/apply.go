@@ -9,14 +9,15 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/services/capctl/internal/manifest"
 	"github.com/capstan-dev/capstan/services/capctl/internal/printer"
-	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/proto"
 )
 
 // applyConflictRetries bounds how often apply re-reads an object that

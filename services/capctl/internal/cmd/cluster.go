@@ -8,10 +8,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/services/capctl/internal/printer"
-	"github.com/spf13/cobra"
 )
 
 // clusterRefresh is how often `cluster status -w` asks again.

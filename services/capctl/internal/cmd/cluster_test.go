@@ -9,13 +9,14 @@ import (
 	"testing"
 	"time"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/services/capctl/internal/cmd"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/services/capctl/internal/cmd"
 )
 
 // clusterStatusServer stands in for the apiserver's ClusterService: the

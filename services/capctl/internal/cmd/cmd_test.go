@@ -12,11 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 	"github.com/capstan-dev/capstan/services/capctl/internal/cmd"
 	"github.com/capstan-dev/capstan/services/capctl/internal/manifest"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {

@@ -7,11 +7,12 @@ import (
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"github.com/spf13/cobra"
 )
 
 // reasonProgressDeadlineExceeded is the reason of a Deployment's

@@ -18,9 +18,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/spf13/cobra"
 )
 
 // Streams are where a command reads and writes.

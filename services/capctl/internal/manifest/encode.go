@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/capstan-dev/capstan/internal/resource"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
+
+	"github.com/capstan-dev/capstan/internal/resource"
 )
 
 // Fields returns msg as a JSON value: protojson with lowerCamel names (as

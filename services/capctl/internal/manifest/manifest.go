@@ -24,9 +24,10 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/capstan-dev/capstan/internal/resource"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
+
+	"github.com/capstan-dev/capstan/internal/resource"
 )
 
 // APIVersion is the apiVersion of every Capstan object.

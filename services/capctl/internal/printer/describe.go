@@ -9,9 +9,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/resource"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Related is what a description shows besides the object itself. The

@@ -7,10 +7,11 @@ import (
 	"strconv"
 	"strings"
 
-	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
-	"github.com/capstan-dev/capstan/internal/wellknown"
 	"google.golang.org/protobuf/proto"
 	k8sresource "k8s.io/apimachinery/pkg/api/resource"
+
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
 // defaultRollingUpdateBound is maxSurge and maxUnavailable when a

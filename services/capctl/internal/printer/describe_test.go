@@ -6,9 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/resource"
-	"github.com/google/go-cmp/cmp"
 )
 
 func controllerRef(kind, name, uid string) []*capstanv1.OwnerReference {

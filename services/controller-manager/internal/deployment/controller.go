@@ -39,6 +39,8 @@ import (
 	"errors"
 	"log/slog"
 
+	"k8s.io/utils/clock"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
@@ -46,7 +48,6 @@ import (
 	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"k8s.io/utils/clock"
 )
 
 // Options are what the Deployment controller needs besides the client and

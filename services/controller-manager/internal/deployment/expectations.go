@@ -4,10 +4,11 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/informer"
 	"github.com/capstan-dev/capstan/internal/resource"
-	"k8s.io/utils/clock"
 )
 
 // expectationTimeout bounds how long a Deployment waits for its caches to

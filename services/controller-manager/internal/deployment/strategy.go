@@ -6,10 +6,11 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/labels"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/selector"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Defaults of a Deployment spec.

@@ -5,9 +5,10 @@ import (
 	"strconv"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"google.golang.org/protobuf/proto"
 )
 
 func rollingDeployment(replicas int32, surge, unavailable string) *capstanv1.Deployment {

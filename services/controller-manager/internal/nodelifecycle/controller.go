@@ -58,13 +58,14 @@ import (
 	"log/slog"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/informer"
 	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"k8s.io/utils/clock"
 )
 
 // Defaults of Options.

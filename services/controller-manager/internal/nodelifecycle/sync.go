@@ -3,16 +3,17 @@ package nodelifecycle
 import (
 	"context"
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/taints"
 	"slices"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/taints"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Condition reason, message and event reasons.

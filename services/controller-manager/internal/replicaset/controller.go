@@ -51,6 +51,9 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/clock"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/events"
@@ -58,8 +61,6 @@ import (
 	"github.com/capstan-dev/capstan/internal/reconcile"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/selector"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/utils/clock"
 )
 
 // Defaults of Options.

@@ -23,9 +23,10 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/framework"
-	"k8s.io/utils/clock"
 )
 
 // DefaultAssumeTTL is how long an assumed pod whose bind succeeded waits for

@@ -5,11 +5,12 @@ import (
 	"testing"
 	"time"
 
+	clocktesting "k8s.io/utils/clock/testing"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/cache"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/framework"
-	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func node(name, cpu string) *capstanv1.Node {

@@ -20,9 +20,10 @@ import (
 	"fmt"
 	"strings"
 
+	k8sresource "k8s.io/apimachinery/pkg/api/resource"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/wellknown"
-	k8sresource "k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Resource names the scheduler accounts for.

@@ -2,11 +2,11 @@ package framework
 
 import (
 	"fmt"
-	"github.com/capstan-dev/capstan/internal/taints"
 	"math/rand/v2"
 	"sort"
 	"strings"
 
+	"github.com/capstan-dev/capstan/internal/taints"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 

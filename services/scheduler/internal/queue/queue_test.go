@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capstan-dev/capstan/internal/poll"
-	"github.com/capstan-dev/capstan/services/scheduler/internal/queue"
 	"go.uber.org/goleak"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/services/scheduler/internal/queue"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -42,6 +42,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"k8s.io/utils/clock"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
@@ -52,9 +56,6 @@ import (
 	"github.com/capstan-dev/capstan/services/scheduler/internal/cache"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/framework"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/queue"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
-	"k8s.io/utils/clock"
 )
 
 // Component is the event source component of the scheduler.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/protobuf/proto"
 	"log/slog"
 	"os"
 	"slices"
@@ -14,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/poll"
@@ -21,7 +23,6 @@ import (
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/framework"
 	"github.com/capstan-dev/capstan/services/scheduler/internal/queue"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
