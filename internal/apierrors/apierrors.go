@@ -11,6 +11,7 @@ package apierrors
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -34,6 +35,8 @@ const (
 	ReasonLeaseNotHeld           = "LEASE_NOT_HELD"
 	ReasonPreconditionFailed     = "PRECONDITION_FAILED"
 	ReasonInternal               = "INTERNAL"
+	ReasonDeadlinePassed         = "DEADLINE_PASSED"
+	ReasonPaused                 = "REPLICA_PAUSED"
 )
 
 func newStatus(code codes.Code, reason string, metadata map[string]string, msg string, extra ...*errdetails.BadRequest) error {
@@ -99,6 +102,23 @@ func TooLarge(what string, size, limit int) error {
 func NoQuorum(cause error) error {
 	return newStatus(codes.Unavailable, ReasonNoQuorum, nil,
 		fmt.Sprintf("etcd has no quorum or is unreachable from this replica: %v", cause))
+}
+
+// DeadlinePassed: the caller's deadline had passed when this replica came to
+// act on the call (it read the call late, or was frozen before writing), so
+// it did nothing: nothing was written.
+func DeadlinePassed(when string, deadline time.Time) error {
+	return newStatus(codes.DeadlineExceeded, ReasonDeadlinePassed,
+		map[string]string{"deadline": deadline.UTC().Format(time.RFC3339Nano)},
+		fmt.Sprintf("the caller's deadline %s had passed %s: nothing was done", deadline.UTC().Format(time.RFC3339Nano), when))
+}
+
+// Paused: this replica noticed it had been frozen (its clock jumped) and
+// dropped the call it had read before; nothing was written. Safe to retry on
+// another replica.
+func Paused(pause time.Duration) error {
+	return newStatus(codes.Unavailable, ReasonPaused, map[string]string{"pause": pause.String()},
+		fmt.Sprintf("this API replica was frozen for %v while it held the call; it did nothing with it", pause.Round(time.Millisecond)))
 }
 
 // ShuttingDown: this replica is stopping. Safe to retry on another replica.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
@@ -25,7 +27,12 @@ import (
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(frozenCallerEnv) != "" {
+		os.Exit(runFrozenCaller())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var (
 	podKind       = resource.MustLookup("Pod")
@@ -113,58 +120,6 @@ func TestNewRejectsBadConfig(t *testing.T) {
 			if c, err := New(tt.cfg); err == nil {
 				_ = c.Close()
 				t.Fatalf("New(%+v) succeeded", tt.cfg)
-			}
-		})
-	}
-}
-
-func TestAppliedComparisons(t *testing.T) {
-	sent := newPod("ns", "p")
-	defaulted := resource.Clone(sent)
-	defaulted.Spec.RestartPolicy = "Always"
-	defaulted.Metadata.Uid, defaulted.Metadata.ResourceVersion = "u", 7
-	defaulted.Status = &capstanv1.PodStatus{Phase: "Pending"}
-	otherCommand := resource.Clone(sent)
-	otherCommand.Spec.Containers[0].Command = []string{"/bin/false"}
-	otherLabels := resource.Clone(sent)
-	otherLabels.Metadata.Labels["app"] = "db"
-	extraContainer := resource.Clone(sent)
-	extraContainer.Spec.Containers = append(extraContainer.Spec.Containers, &capstanv1.Container{Name: "side"})
-	otherAnnotations := resource.Clone(sent)
-	otherAnnotations.Metadata.Annotations = map[string]string{"a": "b"}
-
-	withStatus := resource.Clone(sent)
-	withStatus.Status = &capstanv1.PodStatus{Phase: "Running", PodIp: "10.0.0.1"}
-	statusStored := resource.Clone(withStatus)
-	statusStored.Spec.RestartPolicy = "Never"
-	otherStatus := resource.Clone(withStatus)
-	otherStatus.Status.Phase = "Failed"
-
-	tests := []struct {
-		name   string
-		check  func(sent, stored resource.Object) bool
-		sent   resource.Object
-		stored resource.Object
-		want   bool
-	}{
-		{"create: server defaults and metadata", createApplied, sent, defaulted, true},
-		{"create: other command", createApplied, sent, otherCommand, false},
-		{"create: other labels", createApplied, sent, otherLabels, false},
-		{"create: extra container", createApplied, sent, extraContainer, false},
-		{"update: server defaults and metadata", updateApplied, sent, defaulted, true},
-		{"update: other annotations", updateApplied, sent, otherAnnotations, false},
-		{"update: other command", updateApplied, sent, otherCommand, false},
-		{"status: same status, other spec", statusUpdateApplied, withStatus, statusStored, true},
-		{"status: other phase", statusUpdateApplied, withStatus, otherStatus, false},
-		{"config map: same data", createApplied,
-			newConfigMap("ns", "c", map[string]string{"k": "v"}), newConfigMap("ns", "c", map[string]string{"k": "v"}), true},
-		{"config map: extra key", createApplied,
-			newConfigMap("ns", "c", map[string]string{"k": "v"}), newConfigMap("ns", "c", map[string]string{"k": "v", "x": "y"}), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.check(tt.sent, tt.stored); got != tt.want {
-				t.Errorf("got %v, want %v", got, tt.want)
 			}
 		})
 	}
@@ -345,85 +300,254 @@ func TestWriteOnOneReplicaReadOnAnother(t *testing.T) {
 	}
 }
 
-// TestRepeatedWriteSettles makes the first attempt of each write happen on
-// the server but lose its answer (as when a replica dies after committing),
-// and checks that the retry rules turn the repeat's answer into success.
-func TestRepeatedWriteSettles(t *testing.T) {
+// injector makes the first attempt of a call fail in a chosen way, through
+// a plain connection to one replica, and passes later attempts on.
+type injector struct {
+	raw *grpc.ClientConn
+	// landed: the first attempt reaches the server (and its answer is
+	// kept in first), but the caller sees UNAVAILABLE; otherwise it never
+	// reaches the server. before, if set, runs between the first attempt
+	// and the retry (another writer's change).
+	landed bool
+	before func()
+	first  proto.Message
+	calls  atomic.Int32
+}
+
+func (in *injector) invoke(ctx context.Context, method string, req, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+	if in.calls.Add(1) > 1 {
+		return in.raw.Invoke(ctx, method, req, reply, opts...)
+	}
+	if in.landed {
+		in.first = proto.Clone(reply.(proto.Message))
+		if err := in.raw.Invoke(ctx, method, req, in.first, opts...); err != nil {
+			return fmt.Errorf("the first attempt itself failed: %w", err)
+		}
+	}
+	if in.before != nil {
+		in.before()
+	}
+	return status.Error(codes.Unavailable, "injected: connection lost")
+}
+
+type exactEnv struct {
+	t   *testing.T
+	ctx context.Context
+	c   *Client
+	raw *grpc.ClientConn
+}
+
+func newExactEnv(t *testing.T) *exactEnv {
 	cluster := apiservertest.Start(t, 1)
-	c := newClient(t, cluster.Addrs()...)
 	raw, err := grpc.NewClient(cluster.Addrs()[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer raw.Close()
-	ctx := testContext(t)
+	t.Cleanup(func() { raw.Close() })
+	return &exactEnv{t: t, ctx: testContext(t), c: newClient(t, cluster.Addrs()...), raw: raw}
+}
 
-	// loseFirstAnswer carries out the call, then reports UNAVAILABLE the
-	// first time.
-	loseFirstAnswer := func() grpc.UnaryInvoker {
-		var calls atomic.Int32
-		return func(ctx context.Context, method string, req, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
-			err := raw.Invoke(ctx, method, req, reply, opts...)
-			if calls.Add(1) == 1 {
-				return status.Error(codes.Unavailable, "injected: connection lost after the call")
-			}
-			return err
+// call makes one call through the client's retry rules with in injecting
+// the first attempt's failure.
+func (e *exactEnv) call(in *injector, method string, req, reply proto.Message) error {
+	in.raw = e.raw
+	return e.c.interceptUnary(e.ctx, method, req, reply, e.c.Conn(), in.invoke)
+}
+
+// A retried write whose first attempt landed returns that attempt's result
+// — the same object, at the same resource_version — even when the object
+// has changed since: the server recorded the request id with the write.
+func TestRetriedWriteReturnsTheFirstAttemptsResult(t *testing.T) {
+	e := newExactEnv(t)
+	check := func(what string, in *injector, err error, got proto.Message) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s whose answer was lost: %v", what, err)
+		}
+		if in.calls.Load() != 2 {
+			t.Fatalf("%s: %d attempts, want 2", what, in.calls.Load())
+		}
+		if !proto.Equal(got, in.first) {
+			t.Fatalf("%s: the retry returned\n%v\nthe first attempt had\n%v", what, got, in.first)
 		}
 	}
-	call := func(method string, req, reply proto.Message) error {
-		return c.interceptUnary(ctx, method, req, reply, c.Conn(), loseFirstAnswer())
-	}
 
-	pod := newPod("settle", "p")
+	create := &injector{landed: true}
 	created := &capstanv1.CreatePodResponse{}
-	if err := call(capstanv1.PodService_CreatePod_FullMethodName, &capstanv1.CreatePodRequest{Pod: pod}, created); err != nil {
-		t.Fatalf("create whose answer was lost: %v", err)
-	}
-	if created.GetPod().GetMetadata().GetUid() == "" {
-		t.Fatalf("create returned %v, want the stored pod", created.GetPod())
-	}
+	err := e.call(create, capstanv1.PodService_CreatePod_FullMethodName, &capstanv1.CreatePodRequest{Pod: newPod("exact", "p")}, created)
+	check("create", create, err, created)
 
-	update := resource.Clone(created.GetPod())
-	update.Metadata.Labels["v"] = "2"
+	// Between the first attempt and the retry another writer changes the
+	// pod: the retry still answers with what the first attempt wrote, and
+	// the other change stays.
+	next := resource.Clone(created.GetPod())
+	next.Metadata.ResourceVersion = 0
+	next.Metadata.Labels["v"] = "2"
+	update := &injector{landed: true, before: func() {
+		other := resource.Clone(next)
+		other.Metadata.Labels["other"] = "yes"
+		other.Metadata.Labels["v"] = "other"
+		if _, err := e.c.Update(e.ctx, other); err != nil {
+			t.Errorf("the other writer: %v", err)
+		}
+	}}
 	updated := &capstanv1.UpdatePodResponse{}
-	if err := call(capstanv1.PodService_UpdatePod_FullMethodName, &capstanv1.UpdatePodRequest{Pod: update}, updated); err != nil {
-		t.Fatalf("update whose answer was lost: %v", err)
-	}
+	err = e.call(update, capstanv1.PodService_UpdatePod_FullMethodName, &capstanv1.UpdatePodRequest{Pod: next}, updated)
+	check("update", update, err, updated)
 	if updated.GetPod().GetMetadata().GetLabels()["v"] != "2" {
-		t.Fatalf("update returned %v", updated.GetPod().GetMetadata())
+		t.Fatalf("update result %v", updated.GetPod().GetMetadata())
+	}
+	stored, err := e.c.Get(e.ctx, resource.MustLookup("Pod"), "exact", "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := stored.GetMetadata().GetLabels(); l["other"] != "yes" || l["v"] != "other" {
+		t.Fatalf("the retry overwrote the newer write: labels %v", l)
 	}
 
-	withStatus := resource.Clone(updated.GetPod())
+	withStatus := resource.Clone(stored.(*capstanv1.Pod))
 	withStatus.Status = &capstanv1.PodStatus{Phase: "Running"}
+	statusUpdate := &injector{landed: true}
 	statusResp := &capstanv1.UpdatePodStatusResponse{}
-	if err := call(capstanv1.PodService_UpdatePodStatus_FullMethodName, &capstanv1.UpdatePodStatusRequest{Pod: withStatus}, statusResp); err != nil {
-		t.Fatalf("status update whose answer was lost: %v", err)
-	}
+	err = e.call(statusUpdate, capstanv1.PodService_UpdatePodStatus_FullMethodName, &capstanv1.UpdatePodStatusRequest{Pod: withStatus}, statusResp)
+	check("status update", statusUpdate, err, statusResp)
 
+	bind := &injector{landed: true}
 	bindResp := &capstanv1.BindPodResponse{}
-	if err := call(capstanv1.PodService_BindPod_FullMethodName, &capstanv1.BindPodRequest{Namespace: "settle", Name: "p", NodeName: "n1"}, bindResp); err != nil {
-		t.Fatalf("bind whose answer was lost: %v", err)
-	}
+	err = e.call(bind, capstanv1.PodService_BindPod_FullMethodName, &capstanv1.BindPodRequest{Namespace: "exact", Name: "p", NodeName: "n1"}, bindResp)
+	check("bind", bind, err, bindResp)
 
-	// A stale update whose repeat finds someone else's change stays ABORTED.
-	stale := resource.Clone(update)
-	stale.Metadata.Labels["v"] = "other"
-	if err := call(capstanv1.PodService_UpdatePod_FullMethodName, &capstanv1.UpdatePodRequest{Pod: stale}, &capstanv1.UpdatePodResponse{}); !apierrors.IsConflict(err) {
-		t.Errorf("stale update = %v, want ABORTED", err)
-	}
-	// A create whose repeat finds a different object stays ALREADY_EXISTS.
-	different := newPod("settle", "p")
-	different.Metadata.Labels["app"] = "other"
-	if err := call(capstanv1.PodService_CreatePod_FullMethodName, &capstanv1.CreatePodRequest{Pod: different}, &capstanv1.CreatePodResponse{}); !apierrors.IsAlreadyExists(err) {
-		t.Errorf("create over a different object = %v, want ALREADY_EXISTS", err)
-	}
-
+	del := &injector{landed: true}
 	deleted := &capstanv1.DeletePodResponse{}
-	if err := call(capstanv1.PodService_DeletePod_FullMethodName, &capstanv1.DeletePodRequest{Namespace: "settle", Name: "p", GracePeriodSeconds: proto.Int64(0)}, deleted); err != nil {
-		t.Fatalf("delete whose answer was lost: %v", err)
+	err = e.call(del, capstanv1.PodService_DeletePod_FullMethodName, &capstanv1.DeletePodRequest{Namespace: "exact", Name: "p", GracePeriodSeconds: proto.Int64(0)}, deleted)
+	check("delete", del, err, deleted)
+	if deleted.GetPod().GetMetadata().GetUid() != created.GetPod().GetMetadata().GetUid() {
+		t.Fatalf("delete returned %v, want the deleted pod", deleted.GetPod())
 	}
-	if deleted.GetPod() != nil {
-		t.Errorf("settled delete returned %v, want no object", deleted.GetPod())
+
+	// A create whose first attempt landed, and whose pod was deleted
+	// before the retry: the retry does not create it again.
+	again := &injector{landed: true, before: func() {
+		if _, err := e.c.Delete(e.ctx, resource.MustLookup("Pod"), "exact", "q", nil, GracePeriod(0)); err != nil {
+			t.Errorf("delete q: %v", err)
+		}
+	}}
+	err = e.call(again, capstanv1.PodService_CreatePod_FullMethodName, &capstanv1.CreatePodRequest{Pod: newPod("exact", "q")}, &capstanv1.CreatePodResponse{})
+	if err != nil {
+		t.Fatalf("create of q: %v", err)
+	}
+	if _, err := e.c.Get(e.ctx, resource.MustLookup("Pod"), "exact", "q"); !apierrors.IsNotFound(err) {
+		t.Fatalf("pod q after its create was retried: %v, want NOT_FOUND (the retry must not re-create it)", err)
+	}
+}
+
+// A retried write whose first attempt never reached a server is applied
+// exactly once: one new revision, its own result.
+func TestRetriedWriteThatDidNotLandIsAppliedOnce(t *testing.T) {
+	e := newExactEnv(t)
+	cmKind := resource.MustLookup("ConfigMap")
+	revision := func() int64 {
+		t.Helper()
+		res, err := e.c.List(e.ctx, cmKind, ListOptions{Namespace: "once"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.ResourceVersion
+	}
+
+	before := revision()
+	create := &injector{}
+	created := &capstanv1.CreateConfigMapResponse{}
+	if err := e.call(create, capstanv1.ConfigMapService_CreateConfigMap_FullMethodName,
+		&capstanv1.CreateConfigMapRequest{ConfigMap: newConfigMap("once", "c", map[string]string{"k": "1"})}, created); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	// One write: the create, and nothing else since (List reads at the
+	// current revision; the record shares the write's revision).
+	if rv := created.GetConfigMap().GetMetadata().GetResourceVersion(); rv <= before || revision() != rv {
+		t.Fatalf("create at revision %d (store at %d, was %d): want exactly one write", rv, revision(), before)
+	}
+
+	next := resource.Clone(created.GetConfigMap())
+	next.Data["k"] = "2"
+	update := &injector{}
+	updated := &capstanv1.UpdateConfigMapResponse{}
+	if err := e.call(update, capstanv1.ConfigMapService_UpdateConfigMap_FullMethodName, &capstanv1.UpdateConfigMapRequest{ConfigMap: next}, updated); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if rv := updated.GetConfigMap().GetMetadata().GetResourceVersion(); rv != revision() || updated.GetConfigMap().GetData()["k"] != "2" {
+		t.Fatalf("update result %v at %d, store at %d", updated.GetConfigMap().GetData(), rv, revision())
+	}
+
+	del := &injector{}
+	deleted := &capstanv1.DeleteConfigMapResponse{}
+	if err := e.call(del, capstanv1.ConfigMapService_DeleteConfigMap_FullMethodName, &capstanv1.DeleteConfigMapRequest{Namespace: "once", Name: "c"}, deleted); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if deleted.GetConfigMap().GetData()["k"] != "2" {
+		t.Fatalf("delete returned %v", deleted.GetConfigMap())
+	}
+}
+
+// The reproduced defect: a cordoned, tainted node is uncordoned with a
+// write conditional on the version read; the first attempt fails without
+// being applied while the agent's heartbeat moves the node's version on.
+// The retry must not report success unless the change is stored: it is
+// ABORTED, and the node is still cordoned and tainted. Without a version
+// the same retry applies the change.
+func TestUncordonNeverSucceedsWithoutTheChange(t *testing.T) {
+	e := newExactEnv(t)
+	nodeKind := resource.MustLookup("Node")
+	created, err := e.c.Create(e.ctx, &capstanv1.Node{
+		Metadata: &capstanv1.ObjectMeta{Name: "n1"},
+		Spec:     &capstanv1.NodeSpec{Unschedulable: true, Taints: []*capstanv1.Taint{{Key: "maintenance", Effect: "NoSchedule"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	heartbeat := func() {
+		node, err := e.c.Get(e.ctx, nodeKind, "", "n1")
+		if err != nil {
+			t.Errorf("heartbeat read: %v", err)
+			return
+		}
+		n := resource.Clone(node.(*capstanv1.Node))
+		n.Status = &capstanv1.NodeStatus{Conditions: []*capstanv1.Condition{{Type: "Ready", Status: "True", LastHeartbeatTime: timestamppb.Now()}}}
+		if _, err := e.c.UpdateStatus(e.ctx, n); err != nil {
+			t.Errorf("heartbeat: %v", err)
+		}
+	}
+	uncordon := resource.Clone(created.(*capstanv1.Node))
+	uncordon.Spec.Unschedulable = false
+	uncordon.Spec.Taints = nil
+
+	err = e.call(&injector{before: heartbeat}, capstanv1.NodeService_UpdateNode_FullMethodName,
+		&capstanv1.UpdateNodeRequest{Node: uncordon}, &capstanv1.UpdateNodeResponse{})
+	if !apierrors.IsConflict(err) {
+		t.Fatalf("uncordon at a version the heartbeat moved on: %v, want ABORTED", err)
+	}
+	stored, err := e.c.Get(e.ctx, nodeKind, "", "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec := stored.(*capstanv1.Node).GetSpec(); !spec.GetUnschedulable() || len(spec.GetTaints()) != 1 {
+		t.Fatalf("node after a refused uncordon: %v", spec)
+	}
+
+	uncordon.Metadata.ResourceVersion = 0 // apply to whatever is current
+	resp := &capstanv1.UpdateNodeResponse{}
+	if err := e.call(&injector{before: heartbeat}, capstanv1.NodeService_UpdateNode_FullMethodName, &capstanv1.UpdateNodeRequest{Node: uncordon}, resp); err != nil {
+		t.Fatalf("unconditional uncordon: %v", err)
+	}
+	stored, err = e.c.Get(e.ctx, nodeKind, "", "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec := stored.(*capstanv1.Node).GetSpec(); spec.GetUnschedulable() || len(spec.GetTaints()) != 0 {
+		t.Fatalf("node after a successful uncordon: %v", spec)
+	}
+	if !proto.Equal(resp.GetNode(), stored) {
+		t.Fatalf("uncordon returned %v, stored %v", resp.GetNode(), stored)
 	}
 }
 

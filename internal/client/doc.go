@@ -21,31 +21,31 @@
 // while the call still has time) is repeated, with backoff from 25 ms doubling
 // to 1 s, until the call's deadline; round robin sends each attempt to the
 // next healthy replica. Such a failure is ambiguous for a write: the replica
-// may have committed it before the connection broke. So:
+// may have committed it before the connection broke. So (ADR 0012):
 //
+//   - Every attempt carries its absolute deadline (metadata
+//     capstan-deadline). The API server does nothing for an attempt whose
+//     deadline has passed — not when it reads it late (it sat in a frozen
+//     replica's socket), not just before it writes to etcd — so an attempt
+//     this client gave up on is never carried out later.
+//   - Create, Update, Update<Kind>Status, Delete and PodService/BindPod carry
+//     a request id (metadata capstan-request-id), the same on every attempt
+//     of one call. The API server records it in the write's own etcd
+//     transaction and answers a repeat with the recorded outcome instead of
+//     writing again. A retried write therefore returns its first attempt's
+//     result (for Delete the deleted object) if that attempt landed, is
+//     applied once if it did not, and otherwise returns the error of the
+//     attempt that decided it — never a success guessed from the object's
+//     content. A write is retried for at most WriteRetryWindow after its
+//     first attempt, whatever its deadline: the server remembers request ids
+//     for longer than that.
 //   - Get, List and every ClusterService call are always retried.
-//   - Create is retried. If a retry gets ALREADY_EXISTS, the object is read:
-//     when its labels equal the ones sent and every other non-metadata,
-//     non-status field the caller set is equal (fields the caller left empty
-//     may have been defaulted by the server), the stored object is returned
-//     as the result of the create; otherwise the ALREADY_EXISTS is returned.
-//   - Update and UpdateStatus are retried. If a retry gets ABORTED (the first
-//     attempt moved the resource_version on), the object is read: when it
-//     equals what was sent, ignoring resource_version and other server-set
-//     metadata (for UpdateStatus: its status; for Update: name, labels,
-//     annotations, owner references and every non-status field), the stored
-//     object is returned as the result; otherwise the ABORTED is returned.
-//   - Delete is retried. NOT_FOUND on a retry counts as success: the object is
-//     gone, but the one the first attempt deleted is lost with its
-//     connection, so Delete then returns a nil object and a nil error (the
-//     typed DeleteX returns a response whose object is nil).
-//   - PodService/BindPod is retried. If a retry gets FAILED_PRECONDITION (the
-//     pod is bound), the pod is read: bound to the requested node (and, when
-//     a uid was given, the same uid) is success.
 //   - LeaseService/RenewLease is retried (renewing twice is harmless);
-//     ReleaseLease is retried and LEASE_NOT_HELD on a retry is success.
+//     ReleaseLease is retried and LEASE_NOT_HELD on a retry is success (the
+//     lease is not this holder's any more, which is what was asked).
 //     AcquireLease is not retried: package leaderelection calls it again and
-//     recognises a holding its lost attempt made.
+//     recognises a holding its lost attempt made by its holder identity,
+//     which is unique to the process.
 //   - Any other method is not retried: its failure is returned as it is.
 //
 // # Fencing
@@ -56,9 +56,9 @@
 // leader stops at its first refused write.
 //
 // No call is retried on INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, ABORTED,
-// FAILED_PRECONDITION or any code but UNAVAILABLE: the rules above only
-// reinterpret such an answer to a retry, never to a first attempt. Errors are
-// the gRPC status errors of package apierrors, returned unwrapped.
+// FAILED_PRECONDITION or any code but UNAVAILABLE and an attempt's
+// DEADLINE_EXCEEDED. Errors are the gRPC status errors of package apierrors,
+// returned unwrapped.
 //
 // # Watches
 //

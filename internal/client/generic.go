@@ -199,3 +199,14 @@ func responseObject(kind *resource.Kind, resp proto.Message) (resource.Object, e
 	}
 	return obj, nil
 }
+
+// objectIn returns the object field of a request or response of kind, or nil.
+func objectIn(kind *resource.Kind, msg proto.Message) resource.Object {
+	r := msg.ProtoReflect()
+	fd := kind.ObjectField(r.Descriptor())
+	if fd == nil || fd.IsList() || !r.Has(fd) {
+		return nil
+	}
+	obj, _ := r.Get(fd).Message().Interface().(resource.Object)
+	return obj
+}

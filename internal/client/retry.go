@@ -3,17 +3,20 @@ package client
 import (
 	"context"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
 // Retry backoff between attempts of one call.
@@ -22,62 +25,66 @@ const (
 	retryMaxDelay   = time.Second
 )
 
+// WriteRetryWindow is the longest a write is retried after its first
+// attempt, whatever its deadline: the API server remembers a request id for
+// at least three minutes (etcd3.RequestRecordTTL), and a retry must find the
+// record of an attempt that landed.
+const WriteRetryWindow = 2 * time.Minute
+
 // retryRule says whether a method may be repeated after an ambiguous failure
-// and how an error answering a repeat is read (see the package doc).
+// and how (see the package doc).
 type retryRule int
 
 const (
 	noRetry retryRule = iota
+	// retryRead: repeating changes nothing.
 	retryRead
-	retryCreate
-	retryUpdate
-	retryUpdateStatus
-	retryDelete
-	retryBind
+	// retryWrite: every attempt carries the call's request id, so the API
+	// server applies the write at most once and answers a repeat with the
+	// first attempt's outcome.
+	retryWrite
+	// retryRelease: ReleaseLease; LEASE_NOT_HELD on a repeat means the
+	// lease is no longer this holder's, which is what was asked.
 	retryRelease
 )
-
-type methodRule struct {
-	kind *resource.Kind // nil for ClusterService
-	rule retryRule
-}
 
 // methodRules maps every known full method name to its rule; methods not in
 // it are not retried.
 var methodRules = buildMethodRules()
 
-func buildMethodRules() map[string]methodRule {
-	rules := map[string]methodRule{}
+func buildMethodRules() map[string]retryRule {
+	rules := map[string]retryRule{}
 	for _, k := range resource.All() {
 		for verb, rule := range map[resource.Verb]retryRule{
 			resource.Get:          retryRead,
 			resource.List:         retryRead,
-			resource.Create:       retryCreate,
-			resource.Update:       retryUpdate,
-			resource.UpdateStatus: retryUpdateStatus,
-			resource.Delete:       retryDelete,
+			resource.Create:       retryWrite,
+			resource.Update:       retryWrite,
+			resource.UpdateStatus: retryWrite,
+			resource.Delete:       retryWrite,
 		} {
 			if k.Method(verb) != nil {
-				rules[k.FullMethod(verb)] = methodRule{kind: k, rule: rule}
+				rules[k.FullMethod(verb)] = rule
 			}
 		}
 	}
-	rules[capstanv1.PodService_BindPod_FullMethodName] = methodRule{kind: resource.MustLookup("Pod"), rule: retryBind}
-	// Renewing is idempotent; a release whose repeat finds the lease gone
-	// was applied. Acquire is not retried here: the elector calls it again
-	// and recognises a holding its lost attempt made.
-	rules[capstanv1.LeaseService_RenewLease_FullMethodName] = methodRule{rule: retryRead}
-	rules[capstanv1.LeaseService_ReleaseLease_FullMethodName] = methodRule{rule: retryRelease}
+	rules[capstanv1.PodService_BindPod_FullMethodName] = retryWrite
+	// Renewing is idempotent. Acquire is not retried here: package
+	// leaderelection calls it again and recognises a holding its lost
+	// attempt made by its holder identity, which is unique to the process.
+	rules[capstanv1.LeaseService_RenewLease_FullMethodName] = retryRead
+	rules[capstanv1.LeaseService_ReleaseLease_FullMethodName] = retryRelease
 	cluster := capstanv1.File_capstan_v1_cluster_proto.Services().ByName("ClusterService")
 	for i := 0; i < cluster.Methods().Len(); i++ {
 		m := cluster.Methods().Get(i)
-		rules["/"+string(cluster.FullName())+"/"+string(m.Name())] = methodRule{rule: retryRead}
+		rules["/"+string(cluster.FullName())+"/"+string(m.Name())] = retryRead
 	}
 	return rules
 }
 
-// interceptUnary applies the call timeout, identity, wait-for-ready and the
-// retry rules to every unary call on the connection, typed or generic.
+// interceptUnary applies the call timeout, identity, request id, attempt
+// deadlines, wait-for-ready and the retry rules to every unary call on the
+// connection, typed or generic.
 func (c *Client) interceptUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	ctx = c.withIdentity(ctx)
 	if _, ok := ctx.Deadline(); !ok {
@@ -86,30 +93,31 @@ func (c *Client) interceptUnary(ctx context.Context, method string, req, reply a
 		defer cancel()
 	}
 	opts = append([]grpc.CallOption{grpc.WaitForReady(true)}, opts...)
-	mr := methodRules[method]
+	rule := methodRules[method]
+	if rule == retryWrite {
+		// One id for every attempt: the server records it with the write.
+		ctx = metadata.AppendToOutgoingContext(ctx, wellknown.MetadataRequestID, uuid.NewString())
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, WriteRetryWindow)
+		defer cancel()
+	}
 
 	delay := retryFirstDelay
-	// mayHaveApplied is set once an attempt failed in a way that leaves
-	// open whether the server carried it out.
-	mayHaveApplied := false
+	repeated := false
 	for attempt := 1; ; attempt++ {
 		err := c.attempt(ctx, method, req, reply, cc, invoker, opts)
 		if err == nil {
 			return nil
 		}
 		noticeLostLease(ctx, err)
-		if mayHaveApplied {
-			if settled, result := c.settleRepeat(ctx, mr, req, reply, err); settled {
-				if result == nil {
-					c.log.Debug("repeated call found its first attempt applied", "method", method, "attempt", attempt, "answer", status.Code(err).String())
-				}
-				return result
-			}
+		if repeated && rule == retryRelease && apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
+			proto.Reset(reply.(proto.Message))
+			return nil
 		}
-		if mr.rule == noRetry || !retryable(ctx, err) {
+		if rule == noRetry || !retryable(ctx, err) {
 			return err
 		}
-		mayHaveApplied = true
+		repeated = true
 		c.log.Debug("retrying call", "method", method, "attempt", attempt, "error", err)
 		if !sleepCtx(ctx, jitter(delay)) {
 			return err
@@ -118,7 +126,11 @@ func (c *Client) interceptUnary(ctx context.Context, method string, req, reply a
 	}
 }
 
-// attempt makes one attempt, bounded by the attempt timeout.
+// attempt makes one attempt, bounded by the attempt timeout. The attempt's
+// absolute deadline travels with it (wellknown.MetadataDeadline): gRPC's
+// own timeout is relative to when the server reads the call, so a call that
+// sat in a frozen replica's socket would otherwise get a fresh one, and be
+// carried out long after this attempt was given up.
 func (c *Client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
 	if c.cfg.AttemptTimeout > 0 {
 		if deadline, _ := ctx.Deadline(); time.Until(deadline) > c.cfg.AttemptTimeout {
@@ -126,6 +138,9 @@ func (c *Client) attempt(ctx context.Context, method string, req, reply any, cc 
 			ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 			defer cancel()
 		}
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		ctx = metadata.AppendToOutgoingContext(ctx, wellknown.MetadataDeadline, strconv.FormatInt(deadline.UnixNano(), 10))
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
@@ -143,103 +158,6 @@ func retryable(ctx context.Context, err error) bool {
 		return true // the call's own deadline has not passed: only the attempt's
 	}
 	return false
-}
-
-// settleRepeat reads the error a repeated write got: settled reports whether
-// the rule decides the call now, with result as its outcome (nil: success,
-// reply filled in).
-func (c *Client) settleRepeat(ctx context.Context, mr methodRule, req, reply any, err error) (settled bool, result error) {
-	code := status.Code(err)
-	switch mr.rule {
-	case retryCreate:
-		if code != codes.AlreadyExists {
-			return false, nil
-		}
-		return true, c.settleWithStored(ctx, mr.kind, req, reply, err, createApplied)
-	case retryUpdate:
-		if code != codes.Aborted {
-			return false, nil
-		}
-		return true, c.settleWithStored(ctx, mr.kind, req, reply, err, updateApplied)
-	case retryUpdateStatus:
-		if code != codes.Aborted {
-			return false, nil
-		}
-		return true, c.settleWithStored(ctx, mr.kind, req, reply, err, statusUpdateApplied)
-	case retryDelete:
-		if code != codes.NotFound {
-			return false, nil
-		}
-		proto.Reset(reply.(proto.Message))
-		return true, nil
-	case retryRelease:
-		if !apierrors.Is(err, apierrors.ReasonLeaseNotHeld) {
-			return false, nil
-		}
-		proto.Reset(reply.(proto.Message))
-		return true, nil
-	case retryBind:
-		if code != codes.FailedPrecondition || apierrors.Reason(err) == apierrors.ReasonLeaseNotHeld {
-			return false, nil
-		}
-		return true, c.settleBind(ctx, mr.kind, req.(*capstanv1.BindPodRequest), reply.(*capstanv1.BindPodResponse), err)
-	}
-	return false, nil
-}
-
-// settleWithStored reads the object a repeated write was about and returns
-// nil with it in reply if applied(sent, stored) says the write is there;
-// otherwise the repeat's error answer.
-func (c *Client) settleWithStored(ctx context.Context, kind *resource.Kind, req, reply any, answer error, applied func(sent, stored resource.Object) bool) error {
-	sent := objectIn(kind, req.(proto.Message))
-	if sent == nil {
-		return answer
-	}
-	meta := resource.Meta(resource.Clone(sent))
-	stored, err := c.Get(ctx, kind, meta.GetNamespace(), meta.GetName())
-	if err != nil {
-		c.log.Debug("could not read the object to settle a repeated write", "kind", kind.Name, "name", meta.GetName(), "error", err)
-		return answer
-	}
-	if !applied(sent, stored) {
-		return answer
-	}
-	setObject(kind, reply.(proto.Message), stored)
-	return nil
-}
-
-func (c *Client) settleBind(ctx context.Context, kind *resource.Kind, req *capstanv1.BindPodRequest, reply *capstanv1.BindPodResponse, answer error) error {
-	stored, err := c.Get(ctx, kind, req.GetNamespace(), req.GetName())
-	if err != nil {
-		return answer
-	}
-	pod := stored.(*capstanv1.Pod)
-	if pod.GetSpec().GetNodeName() != req.GetNodeName() || (req.GetUid() != "" && pod.GetMetadata().GetUid() != req.GetUid()) {
-		return answer
-	}
-	proto.Reset(reply)
-	reply.Pod = pod
-	return nil
-}
-
-// objectIn returns the object field of a request or response of kind, or nil.
-func objectIn(kind *resource.Kind, msg proto.Message) resource.Object {
-	r := msg.ProtoReflect()
-	fd := kind.ObjectField(r.Descriptor())
-	if fd == nil || fd.IsList() || !r.Has(fd) {
-		return nil
-	}
-	obj, _ := r.Get(fd).Message().Interface().(resource.Object)
-	return obj
-}
-
-// setObject makes obj the only content of msg, a response of kind.
-func setObject(kind *resource.Kind, msg proto.Message, obj resource.Object) {
-	proto.Reset(msg)
-	r := msg.ProtoReflect()
-	if fd := kind.ObjectField(r.Descriptor()); fd != nil {
-		r.Set(fd, protoreflect.ValueOfMessage(obj.ProtoReflect()))
-	}
 }
 
 // interceptStream names the caller and waits for a ready replica on stream

@@ -1,7 +1,9 @@
 // Package grpcserver builds the gRPC server every Capstan API replica runs:
 // the standard health service, server reflection (so grpcurl works with
 // nothing but an address), and one interceptor chain — logging, panic
-// recovery, a per-call deadline cap — in front of every handler.
+// recovery, a per-call deadline cap that also honours the caller's absolute
+// deadline — in front of every handler, and a watch that drops the calls a
+// frozen process held (pause.go).
 //
 // A Server is safe for concurrent use: handlers run on gRPC's goroutines, the
 // owner may change the health status at any time, and Stop may be called from
@@ -38,7 +40,16 @@ const (
 	// etcd's 1.5 MiB request limit, so a request that passes gRPC also fits
 	// in one etcd transaction.
 	DefaultMaxRequestBytes = 1 << 20
+	// DefaultClockSkewAllowance is how far this replica's clock may lag a
+	// client's without a call being acted on after the client's deadline.
+	DefaultClockSkewAllowance = 250 * time.Millisecond
+	// DefaultPauseThreshold: a gap of the monotonic clock longer than this
+	// between two looks (every 100 ms) means the process was frozen.
+	DefaultPauseThreshold = time.Second
 )
+
+// pauseCheckInterval is how often the pause watch looks at the clock.
+const pauseCheckInterval = 100 * time.Millisecond
 
 // Options configure a Server. The zero value is usable.
 type Options struct {
@@ -51,6 +62,16 @@ type Options struct {
 	// MaxRequestBytes is the largest request message; gRPC answers
 	// RESOURCE_EXHAUSTED above it (default DefaultMaxRequestBytes).
 	MaxRequestBytes int
+	// ClockSkewAllowance is subtracted from a caller's absolute deadline
+	// (wellknown.MetadataDeadline) before it is compared with this
+	// replica's clock: as long as the clocks differ by less, a call is
+	// never acted on after its caller's deadline (default
+	// DefaultClockSkewAllowance; negative: none).
+	ClockSkewAllowance time.Duration
+	// PauseThreshold: a jump of the monotonic clock longer than this means
+	// the process was frozen, and the unary calls it held are dropped with
+	// UNAVAILABLE (REPLICA_PAUSED) (default DefaultPauseThreshold).
+	PauseThreshold time.Duration
 	// UnaryInterceptors and StreamInterceptors run after the built-in ones,
 	// just before the handler (room for authentication and authorization).
 	UnaryInterceptors  []grpc.UnaryServerInterceptor
@@ -68,6 +89,7 @@ type Server struct {
 	Health *health.Server
 
 	logger *slog.Logger
+	pauses *pauseWatch
 
 	// draining is cancelled when Stop begins; every stream's context is
 	// derived from it.
@@ -87,7 +109,17 @@ func New(opts Options) *Server {
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	s := &Server{Health: health.NewServer(), logger: opts.Logger}
+	switch {
+	case opts.ClockSkewAllowance == 0:
+		opts.ClockSkewAllowance = DefaultClockSkewAllowance
+	case opts.ClockSkewAllowance < 0:
+		opts.ClockSkewAllowance = 0
+	}
+	if opts.PauseThreshold <= 0 {
+		opts.PauseThreshold = DefaultPauseThreshold
+	}
+	s := &Server{Health: health.NewServer(), logger: opts.Logger,
+		pauses: newPauseWatch(pauseCheckInterval, opts.PauseThreshold, opts.Logger)}
 	s.draining, s.stopDraining = context.WithCancel(context.Background())
 
 	callLogger := logging.LoggerFunc(newCallLogger(opts.Logger))
@@ -101,7 +133,7 @@ func New(opts Options) *Server {
 	unary := append([]grpc.UnaryServerInterceptor{
 		logging.UnaryServerInterceptor(callLogger, logOpts...),
 		recovery.UnaryServerInterceptor(recoverOpt),
-		deadlineCapInterceptor(opts.RequestTimeout, time.Now),
+		s.deadlineCapInterceptor(opts.RequestTimeout, opts.ClockSkewAllowance, time.Now),
 	}, opts.UnaryInterceptors...)
 	stream := append([]grpc.StreamServerInterceptor{
 		logging.StreamServerInterceptor(callLogger, logOpts...),
@@ -148,8 +180,19 @@ func (s *Server) SetServing(serving bool) {
 	s.Health.SetServingStatus("", st)
 }
 
-// Serve accepts connections on lis until Stop. It returns nil after Stop.
+// Serve accepts connections on lis until Stop (or a hard stop of GRPC),
+// watching meanwhile for freezes of the process. It returns nil after Stop.
 func (s *Server) Serve(lis net.Listener) error {
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		s.pauses.run(watchCtx, time.Since)
+	}()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
 	if err := s.GRPC.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("grpcserver: serve %s: %w", lis.Addr(), err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,11 +15,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
 func TestMain(m *testing.M) {
@@ -329,4 +333,113 @@ func TestStopEndsStreamsWithUnavailable(t *testing.T) {
 		t.Fatal("Probe after Stop succeeded")
 	}
 	h.srv.SetServing(true) // no effect after Stop, and no panic
+}
+
+// withCallerDeadline sends d as the absolute deadline a Capstan client sends.
+func withCallerDeadline(ctx context.Context, d time.Time) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, wellknown.MetadataDeadline, strconv.FormatInt(d.UnixNano(), 10))
+}
+
+// A call whose caller's deadline has passed when the replica reads it — it
+// sat in a frozen replica's socket — is refused before the handler runs.
+func TestCallerDeadlinePassedIsRefused(t *testing.T) {
+	h := start(t, Options{})
+	ctx := withCallerDeadline(t.Context(), time.Now().Add(-time.Second))
+	_, err := h.client.GetConfigMap(ctx, &capstanv1.GetConfigMapRequest{Name: "panic"}) // would panic if run
+	if status.Code(err) != codes.DeadlineExceeded || apierrors.Reason(err) != apierrors.ReasonDeadlinePassed {
+		t.Fatalf("expired caller deadline: %v, want DEADLINE_EXCEEDED (DEADLINE_PASSED)", err)
+	}
+	// Within the clock-skew allowance of the deadline counts as passed.
+	ctx = withCallerDeadline(t.Context(), time.Now().Add(DefaultClockSkewAllowance/2))
+	if _, err := h.client.GetConfigMap(ctx, &capstanv1.GetConfigMapRequest{Name: "panic"}); apierrors.Reason(err) != apierrors.ReasonDeadlinePassed {
+		t.Fatalf("deadline within the skew allowance: %v, want DEADLINE_PASSED", err)
+	}
+}
+
+// The handler's context ends before the caller's absolute deadline less the
+// clock-skew allowance, even when gRPC's own timeout is longer.
+func TestCallerDeadlineBoundsTheHandler(t *testing.T) {
+	h := start(t, Options{RequestTimeout: time.Minute})
+	callerDeadline := time.Now().Add(3 * time.Second)
+	ctx, cancel := context.WithTimeout(withCallerDeadline(t.Context(), callerDeadline), 30*time.Second)
+	defer cancel()
+	resp, err := h.client.GetConfigMap(ctx, &capstanv1.GetConfigMapRequest{Name: "deadline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := time.Parse(time.RFC3339Nano, resp.GetConfigMap().GetMetadata().GetAnnotations()["deadline"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit := callerDeadline.Add(-DefaultClockSkewAllowance); got.After(limit) {
+		t.Errorf("handler deadline %v is after the caller's deadline less the allowance, %v", got, limit)
+	}
+}
+
+func TestMalformedCallerDeadlineIsInvalid(t *testing.T) {
+	h := start(t, Options{})
+	for _, bad := range []string{"soon", "-5", "1.5"} {
+		ctx := metadata.AppendToOutgoingContext(t.Context(), wellknown.MetadataDeadline, bad)
+		_, err := h.client.GetConfigMap(ctx, &capstanv1.GetConfigMapRequest{Name: "x"})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), wellknown.MetadataDeadline) {
+			t.Errorf("deadline %q: %v, want INVALID_ARGUMENT naming %s", bad, err, wellknown.MetadataDeadline)
+		}
+	}
+}
+
+// A freeze of the process drops the calls it held: they answer
+// UNAVAILABLE (REPLICA_PAUSED), so their callers retry elsewhere.
+func TestPauseDropsHeldCalls(t *testing.T) {
+	h := start(t, Options{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := h.client.GetConfigMap(t.Context(), &capstanv1.GetConfigMapRequest{Name: "block"})
+		errc <- err
+	}()
+	poll.For(t, 10*time.Second, "the call to be held", poll.True(func() bool {
+		h.srv.pauses.mu.Lock()
+		defer h.srv.pauses.mu.Unlock()
+		return len(h.srv.pauses.calls) == 1
+	}))
+	h.srv.pauses.frozen(5 * time.Second) // what run does when it sees the gap
+	select {
+	case err := <-errc:
+		if status.Code(err) != codes.Unavailable || apierrors.Reason(err) != apierrors.ReasonPaused {
+			t.Fatalf("held call after a freeze: %v, want UNAVAILABLE (REPLICA_PAUSED)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held call was not dropped")
+	}
+}
+
+// The watch sees a freeze as a gap of the monotonic clock above the
+// threshold between two looks.
+func TestPauseWatchSeesAGap(t *testing.T) {
+	w := newPauseWatch(time.Millisecond, time.Second, slog.New(slog.DiscardHandler))
+	ctx, release := w.admit(t.Context())
+	defer release()
+	looks := 0
+	since := func(time.Time) time.Duration {
+		looks++
+		if looks == 3 {
+			return 2 * time.Second // the process was stopped between two looks
+		}
+		return time.Millisecond
+	}
+	runCtx, stop := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.run(runCtx, since)
+	}()
+	select {
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a gap above the threshold did not drop the held call")
+	}
+	stop()
+	<-done
+	if cause, ok := context.Cause(ctx).(pausedError); !ok || cause.pause != 2*time.Second {
+		t.Fatalf("cause %v, want a 2s pause", context.Cause(ctx))
+	}
 }

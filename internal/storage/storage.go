@@ -51,6 +51,19 @@ type WriteOptions struct {
 	// TTLLease, if non-zero, attaches the key to this store lease (an etcd
 	// lease id): the key disappears when the lease expires.
 	TTLLease int64
+	// RequestID, if set, names the call this write belongs to, the same on
+	// every retry of that call. The write is recorded under it in its own
+	// transaction, and a write whose request is already recorded is not
+	// made again: the call returns the recorded write's outcome — the
+	// object as that write left it; for a Delete its last state, with
+	// resource_version set to the deletion's revision — whatever the state
+	// of the object now, and whether or not its preconditions and fence
+	// would hold now. An update that changes nothing writes no record (the
+	// fence and the record are still checked). A request id recorded for
+	// another key is INVALID_ARGUMENT. Records are kept for at least a few
+	// minutes (the implementation says how long): longer than any caller
+	// retries a write.
+	RequestID string
 }
 
 // Preconditions guard Update and Delete. Zero fields are not checked.
@@ -141,7 +154,11 @@ type Watcher interface {
 // a deadline that passes while the store has not answered ends it with
 // UNAVAILABLE (the store is out of reach or without quorum: retry elsewhere),
 // never a hang. The API server gives storage a deadline a little earlier than
-// its caller's, so the caller sees that UNAVAILABLE in time.
+// its caller's, so the caller sees that UNAVAILABLE in time. A write is never
+// committed after ctx's deadline: it is checked immediately before the
+// transaction is sent, and a passed deadline is DEADLINE_EXCEEDED
+// (DEADLINE_PASSED) with nothing written — a replica frozen between reading
+// a call and writing it does not write for a caller that gave up.
 type Interface interface {
 	// Create stores obj under key if the key is free and returns the stored
 	// object with metadata.resource_version set. ALREADY_EXISTS otherwise.

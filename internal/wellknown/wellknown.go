@@ -27,6 +27,19 @@ const (
 	MetadataLeaseEpoch = "capstan-lease-epoch"
 )
 
+// Request metadata that makes a write exact (ADR 0012).
+const (
+	// MetadataRequestID names one call of a mutating method, the same on
+	// every retry of it: the API server records it in the write's own etcd
+	// transaction, and answers a repeat with the recorded outcome instead
+	// of writing again. 1 to 64 characters of [A-Za-z0-9._-].
+	MetadataRequestID = "capstan-request-id"
+	// MetadataDeadline is the absolute deadline of the attempt, in decimal
+	// Unix nanoseconds: the API server does nothing for a call whose
+	// deadline has passed, however late it reads it.
+	MetadataDeadline = "capstan-deadline"
+)
+
 // Condition statuses.
 const (
 	ConditionTrue    = "True"

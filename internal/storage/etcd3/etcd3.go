@@ -70,9 +70,10 @@ type Options struct {
 
 // Store is the etcd implementation of storage.Interface.
 type Store struct {
-	client *clientv3.Client
-	log    *slog.Logger
-	stamp  func(obj storage.Object, createRevision int64)
+	client       *clientv3.Client
+	log          *slog.Logger
+	stamp        func(obj storage.Object, createRevision int64)
+	recordLeases recordLeases
 }
 
 var _ storage.Interface = (*Store)(nil)
@@ -171,18 +172,35 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		putOpts = append(putOpts, clientv3.WithLease(clientv3.LeaseID(opts.TTLLease)))
 	}
 	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
+	then := []clientv3.Op{clientv3.OpPut(key, string(data), putOpts...)}
 	var orElse []clientv3.Op
+	fenceAt, recordAt := -1, -1
 	if opts.Fence != nil {
 		conds = append(conds, fenceCompare(opts.Fence))
-		orElse = append(orElse, clientv3.OpGet(opts.Fence.LeaseKey, clientv3.WithKeysOnly()))
+		fenceAt, orElse = len(orElse), append(orElse, clientv3.OpGet(opts.Fence.LeaseKey, clientv3.WithKeysOnly()))
 	}
-	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).
-		Then(clientv3.OpPut(key, string(data), putOpts...)).Else(orElse...).Commit()
+	req := newRequest(opts.RequestID)
+	if req != nil {
+		lease, err := s.recordLease(ctx)
+		if err != nil {
+			return nil, err
+		}
+		conds = append(conds, req.absent())
+		then = append(then, req.put(key, false, lease))
+		recordAt, orElse = len(orElse), append(orElse, req.get())
+	}
+	if err := checkDeadline(ctx); err != nil {
+		return nil, err
+	}
+	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).Then(then...).Else(orElse...).Commit()
 	if err != nil {
 		return nil, statusOf(err)
 	}
 	if !resp.Succeeded {
-		if opts.Fence != nil && !fenceHolds(opts.Fence, resp, 0) {
+		if rec := recordIn(resp, recordAt); rec != nil {
+			return s.recorded(ctx, req, key, rec, newLike(obj))
+		}
+		if opts.Fence != nil && !fenceHolds(opts.Fence, resp, fenceAt) {
 			return nil, leaseNotHeld(opts.Fence)
 		}
 		kind, ns, name := objectRef(key)
@@ -192,6 +210,11 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 	resource.Meta(stored).ResourceVersion = resp.Header.Revision
 	s.stamp(stored, resp.Header.Revision)
 	return stored, nil
+}
+
+// newLike makes empty objects of obj's type.
+func newLike(obj storage.Object) storage.NewFunc {
+	return func() storage.Object { return obj.ProtoReflect().New().Interface().(storage.Object) }
 }
 
 // Get implements storage.Interface.
@@ -223,45 +246,72 @@ func checkPreconditions(key string, cur storage.Object, pre storage.Precondition
 	return apierrors.Conflict(kind, ns, name, detail)
 }
 
-// conditionalWrite commits op if key is still at the mod revision of cur
-// (and the fence holds). It returns the transaction response when it
-// committed, or the key's current value (nil if it is gone) when the key had
-// moved on, so the caller can retry from it. A broken fence is an error.
-func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, op clientv3.Op, fence *storage.Fence) (*clientv3.TxnResponse, *mvccpb.KeyValue, error) {
+// conditionalWrite commits ops (none: it only checks) if key is still at
+// the mod revision of cur, the fence holds and the request is not recorded
+// yet; with a request, the record of the write is put along with ops. It
+// returns the transaction response when it committed; otherwise the key's
+// current value (nil if it is gone), so the caller can retry from it, or
+// the request's record if the request was recorded meanwhile. A broken
+// fence is an error.
+func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops []clientv3.Op, deleted bool, fence *storage.Fence, req *request) (committed *clientv3.TxnResponse, fresh, rec *mvccpb.KeyValue, err error) {
 	key := string(cur.Key)
 	conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", cur.ModRevision)}
 	orElse := []clientv3.Op{clientv3.OpGet(key)}
+	fenceAt, recordAt := -1, -1
 	if fence != nil {
 		conds = append(conds, fenceCompare(fence))
-		orElse = append(orElse, clientv3.OpGet(fence.LeaseKey, clientv3.WithKeysOnly()))
+		fenceAt, orElse = len(orElse), append(orElse, clientv3.OpGet(fence.LeaseKey, clientv3.WithKeysOnly()))
 	}
-	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).Then(op).Else(orElse...).Commit()
+	if req != nil {
+		conds = append(conds, req.absent())
+		recordAt, orElse = len(orElse), append(orElse, req.get())
+		if len(ops) > 0 {
+			lease, err := s.recordLease(ctx)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			ops = append(ops, req.put(key, deleted, lease))
+		}
+	}
+	if len(ops) > 0 {
+		if err := checkDeadline(ctx); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).Then(ops...).Else(orElse...).Commit()
+	if err != nil {
+		return nil, nil, nil, statusOf(err)
+	}
+	if resp.Succeeded {
+		return resp, nil, nil, nil
+	}
+	if rec := recordIn(resp, recordAt); rec != nil {
+		return nil, nil, rec, nil
+	}
+	if fence != nil && !fenceHolds(fence, resp, fenceAt) {
+		return nil, nil, nil, leaseNotHeld(fence)
+	}
+	return nil, recordIn(resp, 0), nil, nil
+}
+
+// read returns the current value of key, nil if absent, and with a request
+// the request's record, nil if it has none, both in one read.
+func (s *Store) read(ctx context.Context, key string, req *request) (kv, rec *mvccpb.KeyValue, err error) {
+	if req == nil {
+		resp, err := s.client.Get(withLeader(ctx), key)
+		if err != nil {
+			return nil, nil, statusOf(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, nil, nil
+		}
+		return resp.Kvs[0], nil, nil
+	}
+	resp, err := s.client.Txn(withLeader(ctx)).Then(clientv3.OpGet(key), req.get()).Commit()
 	if err != nil {
 		return nil, nil, statusOf(err)
 	}
-	if resp.Succeeded {
-		return resp, nil, nil
-	}
-	if fence != nil && !fenceHolds(fence, resp, 1) {
-		return nil, nil, leaseNotHeld(fence)
-	}
-	var fresh *mvccpb.KeyValue
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		fresh = kvs[0]
-	}
-	return nil, fresh, nil
-}
-
-// read returns the current value of key, nil if absent.
-func (s *Store) read(ctx context.Context, key string) (*mvccpb.KeyValue, error) {
-	resp, err := s.client.Get(withLeader(ctx), key)
-	if err != nil {
-		return nil, statusOf(err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, nil
-	}
-	return resp.Kvs[0], nil
+	return recordIn(resp, 0), recordIn(resp, 1), nil
 }
 
 // Update implements storage.Interface. Without TTLLease the key keeps the
@@ -276,11 +326,15 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 	if opts.TTLLease != 0 {
 		putOpts = []clientv3.OpOption{clientv3.WithLease(clientv3.LeaseID(opts.TTLLease))}
 	}
-	kv, err := s.read(ctx, key)
+	req := newRequest(opts.RequestID)
+	kv, rec, err := s.read(ctx, key, req)
 	if err != nil {
 		return nil, err
 	}
 	for attempt := 1; ; attempt++ {
+		if rec != nil {
+			return s.recorded(ctx, req, key, rec, newObj)
+		}
 		if kv == nil {
 			kind, ns, name := objectRef(key)
 			return nil, apierrors.NotFound(kind, ns, name)
@@ -300,18 +354,28 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 			return nil, apierrors.Internal("update of %s returned no object", key)
 		}
 		// Like Kubernetes, an update that changes nothing writes nothing:
-		// no new revision, no watch event.
+		// no new revision, no watch event. Its fence and request are still
+		// checked, so a deposed leader is told, and a repeat of a recorded
+		// write gets its outcome.
 		resource.Meta(next).ResourceVersion = kv.ModRevision
-		if proto.Equal(next, cur) {
+		var ops []clientv3.Op
+		unchanged := proto.Equal(next, cur)
+		if unchanged && opts.Fence == nil && req == nil {
 			return cur, nil
 		}
-		data, err := encode(key, next)
+		if !unchanged {
+			data, err := encode(key, next)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, clientv3.OpPut(key, string(data), putOpts...))
+		}
+		resp, fresh, recorded, err := s.conditionalWrite(ctx, kv, ops, false, opts.Fence, req)
 		if err != nil {
 			return nil, err
 		}
-		resp, fresh, err := s.conditionalWrite(ctx, kv, clientv3.OpPut(key, string(data), putOpts...), opts.Fence)
-		if err != nil {
-			return nil, err
+		if resp != nil && unchanged {
+			return cur, nil
 		}
 		if resp != nil {
 			// A put keeps the key's create revision.
@@ -320,7 +384,7 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 			return next, nil
 		}
 		s.log.DebugContext(ctx, "update lost a race; retrying", "key", key, "attempt", attempt)
-		kv = fresh
+		kv, rec = fresh, recorded
 	}
 }
 
@@ -330,11 +394,15 @@ func (s *Store) Delete(ctx context.Context, key string, newObj storage.NewFunc, 
 	if err := checkFence(opts.Fence); err != nil {
 		return nil, err
 	}
-	kv, err := s.read(ctx, key)
+	req := newRequest(opts.RequestID)
+	kv, rec, err := s.read(ctx, key, req)
 	if err != nil {
 		return nil, err
 	}
 	for {
+		if rec != nil {
+			return s.recorded(ctx, req, key, rec, newObj)
+		}
 		if kv == nil {
 			kind, ns, name := objectRef(key)
 			return nil, apierrors.NotFound(kind, ns, name)
@@ -346,7 +414,7 @@ func (s *Store) Delete(ctx context.Context, key string, newObj storage.NewFunc, 
 		if err := checkPreconditions(key, cur, pre); err != nil {
 			return nil, err
 		}
-		resp, fresh, err := s.conditionalWrite(ctx, kv, clientv3.OpDelete(key), opts.Fence)
+		resp, fresh, recorded, err := s.conditionalWrite(ctx, kv, []clientv3.Op{clientv3.OpDelete(key)}, true, opts.Fence, req)
 		if err != nil {
 			return nil, err
 		}
@@ -354,7 +422,7 @@ func (s *Store) Delete(ctx context.Context, key string, newObj storage.NewFunc, 
 			resource.Meta(cur).ResourceVersion = resp.Header.Revision
 			return cur, nil
 		}
-		kv = fresh
+		kv, rec = fresh, recorded
 	}
 }
 

@@ -92,6 +92,13 @@ func RunConformance(t *testing.T, newStore func(t *testing.T) storage.Interface,
 		{"WatchContextCancel", testWatchContextCancel},
 		{"Fence", testFence},
 		{"FenceWithLostRace", testFenceWithLostRace},
+		{"FenceOnUnchangedUpdate", testFenceOnUnchangedUpdate},
+		{"RequestRecordedCreate", testRequestRecordedCreate},
+		{"RequestRecordedUpdate", testRequestRecordedUpdate},
+		{"RequestRecordedDelete", testRequestRecordedDelete},
+		{"RequestRecordedConcurrently", testRequestRecordedConcurrently},
+		{"RequestIDOfAnotherObject", testRequestIDOfAnotherObject},
+		{"DeadlinePassedBeforeWrite", testDeadlinePassedBeforeWrite},
 		{"CanceledContext", testCanceledContext},
 		{"Revision", testRevision},
 	}
@@ -1148,6 +1155,200 @@ func testFenceWithLostRace(s *suite) {
 	expectCode(s.t, "update by a deposed holder that lost a race", err, codes.FailedPrecondition, apierrors.ReasonLeaseNotHeld)
 	if got := s.get("a").Data["v"]; got != "other" {
 		s.t.Fatalf("data v = %q, want other", got)
+	}
+}
+
+// An update that changes nothing still checks its fence: a deposed leader
+// is told, not answered OK.
+func testFenceOnUnchangedUpdate(s *suite) {
+	first := s.fence("leader")
+	s.create("a", map[string]string{"v": "1"}, nil)
+	same := func(cur storage.Object) (storage.Object, error) { return cur, nil }
+	if _, err := s.store.Update(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, same, storage.WriteOptions{Fence: first}); err != nil {
+		s.t.Fatalf("unchanged update at the current epoch: %v", err)
+	}
+	s.fence("leader")
+	_, err := s.store.Update(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, same, storage.WriteOptions{Fence: first})
+	expectCode(s.t, "unchanged update at a stale epoch", err, codes.FailedPrecondition, apierrors.ReasonLeaseNotHeld)
+}
+
+// requestID is unique to a subtest and a name.
+func (s *suite) requestID(name string) string { return s.ns + "-" + name }
+
+func set(v string) storage.UpdateFunc {
+	return func(cur storage.Object) (storage.Object, error) {
+		cur.(*capstanv1.ConfigMap).Data = map[string]string{"v": v}
+		return cur, nil
+	}
+}
+
+// A create repeated with its request id gets the first create's result —
+// also after the object was changed or deleted — and writes nothing.
+func testRequestRecordedCreate(s *suite) {
+	opts := storage.WriteOptions{RequestID: s.requestID("create")}
+	first, err := s.store.Create(s.ctx, s.key("a"), s.configMap("a", map[string]string{"v": "1"}, nil), opts)
+	if err != nil {
+		s.t.Fatalf("create: %v", err)
+	}
+	again, err := s.store.Create(s.ctx, s.key("a"), s.configMap("a", map[string]string{"v": "1"}, nil), opts)
+	if err != nil {
+		s.t.Fatalf("repeated create: %v", err)
+	}
+	expectEqual(s.t, "repeated create", again, first)
+
+	s.set("a", map[string]string{"v": "2"}, nil)
+	again, err = s.store.Create(s.ctx, s.key("a"), s.configMap("a", map[string]string{"v": "1"}, nil), opts)
+	if err != nil {
+		s.t.Fatalf("repeated create after a change: %v", err)
+	}
+	expectEqual(s.t, "repeated create after a change", again, first)
+
+	s.remove("a")
+	before := s.revision()
+	again, err = s.store.Create(s.ctx, s.key("a"), s.configMap("a", map[string]string{"v": "1"}, nil), opts)
+	if err != nil {
+		s.t.Fatalf("repeated create after the object was deleted: %v", err)
+	}
+	expectEqual(s.t, "repeated create after a delete", again, first)
+	if _, err := s.store.Get(s.ctx, s.key("a"), newConfigMap); !apierrors.IsNotFound(err) {
+		s.t.Fatalf("a repeated create re-created the deleted object: get = %v", err)
+	}
+	if after := s.revision(); after != before {
+		s.t.Fatalf("a repeated create wrote: revision %d -> %d", before, after)
+	}
+	// Another request creates it again.
+	if _, err := s.store.Create(s.ctx, s.key("a"), s.configMap("a", nil, nil), storage.WriteOptions{RequestID: s.requestID("create-2")}); err != nil {
+		s.t.Fatalf("create with another request: %v", err)
+	}
+}
+
+// An update repeated with its request id gets the first update's result,
+// whatever happened since and whatever its preconditions say now.
+func testRequestRecordedUpdate(s *suite) {
+	created := s.create("a", map[string]string{"v": "0"}, nil)
+	opts := storage.WriteOptions{RequestID: s.requestID("update")}
+	pre := storage.Preconditions{ResourceVersion: rv(created)}
+	first, err := s.store.Update(s.ctx, s.key("a"), newConfigMap, pre, set("1"), opts)
+	if err != nil {
+		s.t.Fatalf("update: %v", err)
+	}
+	newer := s.set("a", map[string]string{"v": "2"}, nil)
+	before := s.revision()
+	again, err := s.store.Update(s.ctx, s.key("a"), newConfigMap, pre, set("1"), opts)
+	if err != nil {
+		s.t.Fatalf("repeated update after a newer write: %v", err)
+	}
+	expectEqual(s.t, "repeated update", again, first)
+	expectEqual(s.t, "object after a repeated update", s.get("a"), newer)
+	if after := s.revision(); after != before {
+		s.t.Fatalf("a repeated update wrote: revision %d -> %d", before, after)
+	}
+	// An update that changes nothing is not recorded: the same id may
+	// still write, once.
+	same := storage.WriteOptions{RequestID: s.requestID("unchanged")}
+	if _, err := s.store.Update(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, set("2"), same); err != nil {
+		s.t.Fatalf("unchanged update: %v", err)
+	}
+	if _, err := s.store.Update(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, set("3"), same); err != nil {
+		s.t.Fatalf("update after an unrecorded unchanged one: %v", err)
+	}
+	if got := s.get("a").Data["v"]; got != "3" {
+		s.t.Fatalf("v = %q, want 3", got)
+	}
+}
+
+// A delete repeated with its request id gets the object as the first delete
+// found it, at the deletion's revision — also after a new object of the same
+// name was created, which it leaves alone.
+func testRequestRecordedDelete(s *suite) {
+	s.create("a", map[string]string{"v": "1"}, nil)
+	opts := storage.WriteOptions{RequestID: s.requestID("delete")}
+	first, err := s.store.Delete(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, opts)
+	if err != nil {
+		s.t.Fatalf("delete: %v", err)
+	}
+	again, err := s.store.Delete(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, opts)
+	if err != nil {
+		s.t.Fatalf("repeated delete: %v", err)
+	}
+	expectEqual(s.t, "repeated delete", again, first)
+
+	recreated := s.create("a", map[string]string{"v": "new"}, nil)
+	again, err = s.store.Delete(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, opts)
+	if err != nil {
+		s.t.Fatalf("repeated delete after a re-create: %v", err)
+	}
+	expectEqual(s.t, "repeated delete after a re-create", again, first)
+	expectEqual(s.t, "the re-created object", s.get("a"), recreated)
+}
+
+// Attempts of one request racing each other: exactly one writes, and every
+// one answers with its result.
+func testRequestRecordedConcurrently(s *suite) {
+	s.create("a", map[string]string{"n": "0"}, nil)
+	opts := storage.WriteOptions{RequestID: s.requestID("racing")}
+	increment := func(cur storage.Object) (storage.Object, error) {
+		cm := cur.(*capstanv1.ConfigMap)
+		n, _ := strconv.Atoi(cm.Data["n"])
+		cm.Data = map[string]string{"n": strconv.Itoa(n + 1)}
+		return cm, nil
+	}
+	const attempts = 8
+	results := make([]storage.Object, attempts)
+	errs := make([]error, attempts)
+	var wg sync.WaitGroup
+	for i := range attempts {
+		wg.Go(func() {
+			results[i], errs[i] = s.store.Update(s.ctx, s.key("a"), newConfigMap, storage.Preconditions{}, increment, opts)
+		})
+	}
+	wg.Wait()
+	for i := range attempts {
+		if errs[i] != nil {
+			s.t.Fatalf("attempt %d: %v", i, errs[i])
+		}
+		expectEqual(s.t, fmt.Sprintf("attempt %d", i), results[i], results[0])
+	}
+	if got := s.get("a").Data["n"]; got != "1" {
+		s.t.Fatalf("n = %s after %d attempts of one request, want 1", got, attempts)
+	}
+}
+
+// A request id names one write: using it for another object is an error.
+func testRequestIDOfAnotherObject(s *suite) {
+	opts := storage.WriteOptions{RequestID: s.requestID("reused")}
+	if _, err := s.store.Create(s.ctx, s.key("a"), s.configMap("a", nil, nil), opts); err != nil {
+		s.t.Fatalf("create: %v", err)
+	}
+	_, err := s.store.Create(s.ctx, s.key("b"), s.configMap("b", nil, nil), opts)
+	expectCode(s.t, "a request id reused for another object", err, codes.InvalidArgument, apierrors.ReasonFieldInvalid)
+	if _, err := s.store.Get(s.ctx, s.key("b"), newConfigMap); !apierrors.IsNotFound(err) {
+		s.t.Fatalf("the reused request id created b: %v", err)
+	}
+}
+
+// A write whose context's deadline passes before it is sent — the replica
+// froze between reading the call and writing — writes nothing.
+func testDeadlinePassedBeforeWrite(s *suite) {
+	expired, cancel := context.WithDeadline(s.ctx, time.Now().Add(-time.Millisecond))
+	defer cancel()
+	_, err := s.store.Create(expired, s.key("late"), s.configMap("late", nil, nil), storage.WriteOptions{})
+	expectCode(s.t, "create past its deadline", err, codes.DeadlineExceeded, apierrors.ReasonDeadlinePassed)
+	if _, err := s.store.Get(s.ctx, s.key("late"), newConfigMap); !apierrors.IsNotFound(err) {
+		s.t.Fatalf("a create past its deadline wrote: get = %v", err)
+	}
+
+	s.create("a", map[string]string{"v": "1"}, nil)
+	ctx, cancel := context.WithTimeout(s.ctx, time.Second)
+	defer cancel()
+	_, err = s.store.Update(ctx, s.key("a"), newConfigMap, storage.Preconditions{}, func(cur storage.Object) (storage.Object, error) {
+		<-ctx.Done() // frozen between the read and the write
+		cur.(*capstanv1.ConfigMap).Data = map[string]string{"v": "late"}
+		return cur, nil
+	}, storage.WriteOptions{})
+	expectCode(s.t, "update past its deadline", err, codes.DeadlineExceeded, apierrors.ReasonDeadlinePassed)
+	if got := s.get("a").Data["v"]; got != "1" {
+		s.t.Fatalf("an update past its deadline wrote v = %q", got)
 	}
 }
 

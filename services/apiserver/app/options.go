@@ -72,6 +72,11 @@ type Options struct {
 
 	// RequestTimeout caps every unary call (--request-timeout).
 	RequestTimeout time.Duration
+	// ClockSkewAllowance is how far this replica's clock may lag its
+	// clients' without a call being carried out after the caller's
+	// deadline (--clock-skew-allowance): a call is refused once less than
+	// this is left of its caller's absolute deadline.
+	ClockSkewAllowance time.Duration
 	// MaxRequestBytes is the largest request accepted (--max-request-bytes).
 	MaxRequestBytes int
 	// BookmarkInterval is how long a watch may idle before a BOOKMARK
@@ -116,6 +121,7 @@ func DefaultOptions() Options {
 		EtcdElectionMs:              etcdmember.DefaultElectionMs,
 		EtcdAutoCompactionRetention: etcdmember.DefaultAutoCompactionRetention,
 		RequestTimeout:              grpcserver.DefaultRequestTimeout,
+		ClockSkewAllowance:          grpcserver.DefaultClockSkewAllowance,
 		MaxRequestBytes:             grpcserver.DefaultMaxRequestBytes,
 		BookmarkInterval:            5 * time.Second,
 		LogLevel:                    "info",
@@ -152,6 +158,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.EtcdAutoCompactionRetention, "etcd-auto-compaction-retention", o.EtcdAutoCompactionRetention, "history the embedded member keeps before compacting, a duration")
 
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "longest a unary API call may run")
+	fs.DurationVar(&o.ClockSkewAllowance, "clock-skew-allowance", o.ClockSkewAllowance, "how far this replica's clock may lag its clients': a call is refused once less than this is left before its caller's deadline")
 	fs.IntVar(&o.MaxRequestBytes, "max-request-bytes", o.MaxRequestBytes, "largest API request accepted, in bytes")
 	fs.DurationVar(&o.BookmarkInterval, "bookmark-interval", o.BookmarkInterval, "idle time after which a watch gets a BOOKMARK event (0 disables)")
 
@@ -249,6 +256,9 @@ func (o Options) Validate() error {
 	}
 	if o.RequestTimeout <= 0 {
 		return fmt.Errorf("--request-timeout must be positive, not %v", o.RequestTimeout)
+	}
+	if o.ClockSkewAllowance < 0 || o.ClockSkewAllowance >= o.RequestTimeout {
+		return fmt.Errorf("--clock-skew-allowance must be at least 0 and less than --request-timeout (%v), not %v", o.RequestTimeout, o.ClockSkewAllowance)
 	}
 	if o.MaxRequestBytes < 1 || o.MaxRequestBytes > etcdMaxRequestBytes {
 		return fmt.Errorf("--max-request-bytes must be between 1 and %d (etcd's request limit), not %d", etcdMaxRequestBytes, o.MaxRequestBytes)

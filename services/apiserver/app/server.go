@@ -153,10 +153,15 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		StampCreateRevision: leases.StampEpoch,
 	})
 	reg := registry.New(store, registry.Options{Logger: logger.With("subsystem", "registry"), BookmarkInterval: opts.BookmarkInterval})
+	skew := opts.ClockSkewAllowance
+	if skew == 0 {
+		skew = -1 // none (grpcserver's zero means its default)
+	}
 	srv := grpcserver.New(grpcserver.Options{
-		Logger:          logger.With("subsystem", "grpc"),
-		RequestTimeout:  opts.RequestTimeout,
-		MaxRequestBytes: opts.MaxRequestBytes,
+		Logger:             logger.With("subsystem", "grpc"),
+		RequestTimeout:     opts.RequestTimeout,
+		ClockSkewAllowance: skew,
+		MaxRequestBytes:    opts.MaxRequestBytes,
 	})
 	closeAPI, err := api.Register(srv, reg, leases.New(client, logger.With("subsystem", "leases")))
 	if err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -58,5 +59,39 @@ func TestWriteOptions(t *testing.T) {
 	// A call with no metadata at all is not fenced either.
 	if opts, err := writeOptions(context.Background()); err != nil || opts.Fence != nil {
 		t.Fatalf("writeOptions without metadata = %+v, %v", opts, err)
+	}
+}
+
+// TestRequestIDMetadata: a well-formed request id is passed to the writes;
+// anything else is INVALID_ARGUMENT naming the metadata key.
+func TestRequestIDMetadata(t *testing.T) {
+	const key = wellknown.MetadataRequestID
+	tests := []struct {
+		name  string
+		md    []string
+		want  string
+		valid bool
+	}{
+		{"none", nil, "", true},
+		{"a uuid", []string{key, "0f8fad5b-d9cb-469f-a165-70867728950e"}, "0f8fad5b-d9cb-469f-a165-70867728950e", true},
+		{"dots and underscores", []string{key, "a.b_c"}, "a.b_c", true},
+		{"empty", []string{key, ""}, "", false},
+		{"too long", []string{key, strings.Repeat("a", 65)}, "", false},
+		{"a slash", []string{key, "a/b"}, "", false},
+		{"twice", []string{key, "a", key, "b"}, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts, err := writeOptions(metadata.NewIncomingContext(context.Background(), metadata.Pairs(tt.md...)))
+			if !tt.valid {
+				if apierrors.Code(err) != codes.InvalidArgument || apierrors.Field(err) != key {
+					t.Fatalf("writeOptions = %v, want INVALID_ARGUMENT on %s", err, key)
+				}
+				return
+			}
+			if err != nil || opts.RequestID != tt.want {
+				t.Fatalf("writeOptions = %+v, %v; want request id %q", opts, err, tt.want)
+			}
+		})
 	}
 }

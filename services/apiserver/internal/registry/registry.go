@@ -5,8 +5,9 @@
 // gRPC handlers of package api call; it knows nothing of gRPC framing.
 //
 // Every mutating method takes WriteOptions, so what guards a write (the
-// fence of the caller's lease) is a parameter the caller passes, never a
-// value riding in the context.
+// fence of the caller's lease, the request id that makes its retries
+// exact) is a parameter the caller passes, never a value riding in the
+// context.
 //
 // A Registry is safe for concurrent use; it holds no per-request state.
 package registry
@@ -82,6 +83,11 @@ type WriteOptions struct {
 	// (FAILED_PRECONDITION, reason LEASE_NOT_HELD, otherwise). LeaseFence
 	// builds one.
 	Fence *storage.Fence
+	// RequestID, if set, names the call (the same on each of its
+	// retries): its write is recorded under it in the same transaction, and
+	// a repeat gets the recorded outcome instead of writing again
+	// (storage.WriteOptions.RequestID).
+	RequestID string
 }
 
 // LeaseFence is the fence of a holding of the Lease namespace/name at epoch.
@@ -97,7 +103,7 @@ func LeaseFence(namespace, name string, epoch int64) *storage.Fence {
 
 // storageOptions are what storage is told for a write with these options.
 func (o WriteOptions) storageOptions() storage.WriteOptions {
-	return storage.WriteOptions{Fence: o.Fence}
+	return storage.WriteOptions{Fence: o.Fence, RequestID: o.RequestID}
 }
 
 // refuseLeaseWrite refuses generic writes of Leases: a Lease is taken,
