@@ -341,9 +341,9 @@ func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal)
 			if !ok || ev.Type == client.Deleted || res.to != "" {
 				continue
 			}
-			if holder := l.GetSpec().GetHolderIdentity(); holder != leader && l.GetStatus().GetEpoch() > epoch {
+			if h := testcluster.HoldingOf(l); h.Holder != leader && h.Epoch > epoch {
 				res.took = time.Since(start)
-				res.to, res.toEpoch = holder, l.GetStatus().GetEpoch()
+				res.to, res.toEpoch = h.Holder, h.Epoch
 			}
 		case ev, open := <-podEvents:
 			if !open {

@@ -2,6 +2,8 @@ package leaderelection
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,7 +76,9 @@ type Config struct {
 	Name string
 	// Identity of this candidate, unique among the candidates for the
 	// lease (the local cluster uses the process name, a pod would use its
-	// name). Required.
+	// name). Required. The lease's holder identity is it followed by "_"
+	// and a nonce of this process (see HolderIdentity), so a restarted
+	// process never mistakes its predecessor's holding for its own.
 	Identity string
 	// TTL is the lease duration: whole seconds, at least MinTTL. Default
 	// DefaultTTL.
@@ -107,10 +111,39 @@ type Callbacks struct {
 	// OnStartedLeading has returned. Optional.
 	OnStoppedLeading func()
 	// OnNewLeader is called when a different holding of the lease is seen
-	// (another identity or a new epoch), this replica's own included.
+	// (another holder or a new epoch), this replica's own included, with
+	// the holder identity (IdentityOf gives the candidate's name).
 	// Optional.
-	OnNewLeader func(identity string, epoch int64)
+	OnNewLeader func(holder string, epoch int64)
 }
+
+// HolderIdentity is the identity a candidate holds a lease under: its
+// Identity, "_", and 8 hex digits drawn once per process. An elector adopts
+// a holding under its holder identity after an attempt whose answer was
+// lost; with a fixed name it would adopt the holding of an earlier process
+// of the same name that is still alive, and two would lead.
+func HolderIdentity(identity string) string { return identity + "_" + processNonce }
+
+// IdentityOf is the candidate Identity of a holder identity: the holder
+// identity without its nonce.
+func IdentityOf(holder string) string {
+	if i := strings.LastIndexByte(holder, '_'); i >= 0 && len(holder)-i-1 == nonceDigits {
+		if _, err := hex.DecodeString(holder[i+1:]); err == nil {
+			return holder[:i]
+		}
+	}
+	return holder
+}
+
+const nonceDigits = 8
+
+// processNonce tells this process's holdings from those of any other
+// process with the same identity.
+var processNonce = func() string {
+	b := make([]byte, nonceDigits/2)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b)
+}()
 
 // Elector campaigns for one lease on behalf of one identity. See the
 // package doc.
@@ -189,7 +222,7 @@ func New(cfg Config) (*Elector, error) {
 		client:        cfg.Client,
 		namespace:     cfg.Namespace,
 		name:          cfg.Name,
-		identity:      cfg.Identity,
+		identity:      HolderIdentity(cfg.Identity),
 		ttl:           cfg.TTL,
 		releaseWait:   cfg.ReleaseWait,
 		log:           cfg.Logger.With("lease", lease),
@@ -231,11 +264,13 @@ func (e *Elector) Epoch() int64 {
 	return e.epoch.Load()
 }
 
-// Identity is the identity this elector campaigns under.
+// Identity is the holder identity this elector campaigns under: its
+// Config.Identity with this process's nonce (HolderIdentity).
 func (e *Elector) Identity() string { return e.identity }
 
 // Leader is the holding of the lease this elector last saw — its own
-// while it leads — or "", 0 before it saw any. A standby that reports the
+// while it leads — as a holder identity and epoch, or "", 0 before it saw
+// any. A standby that reports the
 // current holding has asked for the lease and is watching it.
 func (e *Elector) Leader() (identity string, epoch int64) {
 	if h := e.leader.Load(); h != nil {
@@ -379,7 +414,7 @@ func (e *Elector) campaign(ctx context.Context, pause time.Duration) (holding, b
 			// Ours or not, it ends with its TTL; the watch sees that.
 		case !warnedOwnIdentity:
 			warnedOwnIdentity = true
-			e.log.Warn("the lease is held under this identity by a holding this process did not make (an earlier run of it, or another replica with the same identity); waiting for it to end", "epoch", epoch)
+			e.log.Warn("the lease is held under this process's identity by a holding it did not make; waiting for it to end", "epoch", epoch)
 		}
 		if lease != nil {
 			e.observe(holder, epoch)

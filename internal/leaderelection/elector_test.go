@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +20,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/faultproxy"
 	"github.com/capstan-dev/capstan/internal/leaderelection"
 	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
@@ -160,7 +160,7 @@ func startCandidate(t *testing.T, c *client.Client, identity string, clk *clockt
 			},
 			OnNewLeader: func(identity string, epoch int64) {
 				cand.mu.Lock()
-				cand.leaders = append(cand.leaders, identity)
+				cand.leaders = append(cand.leaders, leaderelection.IdentityOf(identity))
 				cand.mu.Unlock()
 			},
 		})
@@ -272,7 +272,7 @@ func TestOneLeaderAndHandoverOnStop(t *testing.T) {
 		t.Fatalf("standby %s reports epoch %d", second.identity, second.elector.Epoch())
 	}
 	lease := getLease(t, ctx, newClient(t, api.Addrs()))
-	if got := lease.GetSpec().GetHolderIdentity(); got != first.identity {
+	if got := lease.GetSpec().GetHolderIdentity(); got != leaderelection.HolderIdentity(first.identity) || leaderelection.IdentityOf(got) != first.identity {
 		t.Fatalf("lease holder %q, leader %q", got, first.identity)
 	}
 	if got := lease.GetStatus().GetEpoch(); got != firstEpoch {
@@ -287,7 +287,7 @@ func TestOneLeaderAndHandoverOnStop(t *testing.T) {
 		}
 		return nil
 	})
-	if id, epoch := second.elector.Leader(); id != first.identity || epoch != firstEpoch {
+	if id, epoch := second.elector.Leader(); id != leaderelection.HolderIdentity(first.identity) || epoch != firstEpoch {
 		t.Fatalf("standby's Leader() = %s, %d; want %s, %d", id, epoch, first.identity, firstEpoch)
 	}
 
@@ -477,68 +477,6 @@ func TestLeaderStepsDownBeforeTTLWhenRenewalsFail(t *testing.T) {
 	}
 }
 
-// holdingProxy forwards TCP connections to an API replica; while held it
-// keeps the replica's answers back (buffered, in order), as a network that
-// delivers a request and loses sight of its response would.
-type holdingProxy struct {
-	lis  net.Listener
-	gate sync.RWMutex
-	wg   sync.WaitGroup
-}
-
-func startHoldingProxy(t *testing.T, upstream string) *holdingProxy {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &holdingProxy{lis: lis}
-	p.wg.Go(func() {
-		for {
-			down, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", upstream)
-			if err != nil {
-				down.Close()
-				continue
-			}
-			p.wg.Go(func() {
-				_, _ = io.Copy(up, down)
-				up.Close()
-			})
-			p.wg.Go(func() {
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := up.Read(buf)
-					if n > 0 {
-						p.gate.RLock()
-						_, werr := down.Write(buf[:n])
-						p.gate.RUnlock()
-						if werr != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				down.Close()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		lis.Close()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *holdingProxy) addr() string { return p.lis.Addr().String() }
-func (p *holdingProxy) hold()        { p.gate.Lock() }
-func (p *holdingProxy) release()     { p.gate.Unlock() }
-
 // An AcquireLease that took the lease but whose answer was lost: the next
 // attempt finds the lease held under the elector's own identity and the
 // elector leads with that holding's epoch instead of waiting for it to
@@ -546,18 +484,24 @@ func (p *holdingProxy) release()     { p.gate.Unlock() }
 func TestLostAcquireAnswerIsAdopted(t *testing.T) {
 	api := apiservertest.Start(t, 1)
 	ctx := testContext(t)
-	proxy := startHoldingProxy(t, api.Addrs()[0])
-	viaProxy := newClient(t, []string{proxy.addr()})
+	// The proxy keeps the replica's answers back while frozen toward the
+	// client, as a network that delivers a request and loses its response.
+	proxy, err := faultproxy.Start(api.Addrs()[0], faultproxy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	viaProxy := newClient(t, []string{proxy.Addr()})
 	// A first call makes the connection and sees the replica healthy, so
 	// held answers later do not stop calls from being sent.
 	if _, err := viaProxy.Leases().GetLease(ctx, &capstanv1.GetLeaseRequest{Namespace: wellknown.SystemNamespace, Name: leaseName}); !apierrors.IsNotFound(err) {
 		t.Fatalf("GetLease: %v", err)
 	}
-	proxy.hold()
+	proxy.Freeze(faultproxy.ToClient)
 	released := false
 	defer func() {
 		if !released {
-			proxy.release()
+			proxy.Thaw()
 		}
 	}()
 
@@ -588,7 +532,7 @@ func TestLostAcquireAnswerIsAdopted(t *testing.T) {
 			return fmt.Errorf("GetLease: %w", err)
 		}
 		epoch = resp.GetLease().GetStatus().GetEpoch()
-		if holder := resp.GetLease().GetSpec().GetHolderIdentity(); holder != "lost-answer" {
+		if holder := resp.GetLease().GetSpec().GetHolderIdentity(); holder != leaderelection.HolderIdentity("lost-answer") {
 			return fmt.Errorf("the lease is held by %q", holder)
 		}
 		return nil
@@ -602,7 +546,7 @@ func TestLostAcquireAnswerIsAdopted(t *testing.T) {
 	if e.IsLeader() {
 		t.Fatal("leads although no answer reached it")
 	}
-	proxy.release()
+	proxy.Thaw()
 	released = true
 	poll.For(t, 10*time.Second, "the elector to lead", poll.True(e.IsLeader))
 	if got := e.Epoch(); got != epoch {
@@ -629,4 +573,39 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// A holding under the same name made by another process — an earlier run
+// still alive, or a second replica misconfigured with the same identity —
+// is never taken for this process's own: it waits for it to end.
+func TestHoldingOfAnotherProcessWithTheSameNameIsNotAdopted(t *testing.T) {
+	api := apiservertest.Start(t, 1)
+	c := newClient(t, api.Addrs())
+	ctx := t.Context()
+	other := "twin_00000000" // the same name, another process's nonce
+	resp, err := c.Leases().AcquireLease(ctx, &capstanv1.AcquireLeaseRequest{
+		Namespace: wellknown.SystemNamespace, Name: leaseName, HolderIdentity: other, LeaseDurationSeconds: 60,
+	})
+	if err != nil || !resp.GetAcquired() {
+		t.Fatalf("the other process's acquisition: %v, acquired %v", err, resp.GetAcquired())
+	}
+	cand := startCandidate(t, c, "twin", nil, nil)
+	poll.For(t, 10*time.Second, "the candidate to see the other process's holding", func(context.Context) error {
+		if holder, _ := cand.elector.Leader(); holder != other {
+			return fmt.Errorf("it sees %q", holder)
+		}
+		return nil
+	})
+	if cand.elector.IsLeader() {
+		t.Fatal("the candidate leads on another process's holding of its name")
+	}
+	if _, err := c.Leases().ReleaseLease(ctx, &capstanv1.ReleaseLeaseRequest{
+		Namespace: wellknown.SystemNamespace, Name: leaseName, HolderIdentity: other, Epoch: resp.GetLease().GetStatus().GetEpoch(),
+	}); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	poll.For(t, 10*time.Second, "the candidate to lead once the other holding ended", poll.True(cand.elector.IsLeader))
+	if got := leaderelection.IdentityOf(cand.elector.Identity()); got != "twin" {
+		t.Fatalf("IdentityOf(%q) = %q", cand.elector.Identity(), got)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/leaderelection"
 	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
@@ -26,9 +27,11 @@ type Holding struct {
 
 func (h Holding) String() string { return fmt.Sprintf("%s at epoch %d", h.Holder, h.Epoch) }
 
-// HoldingOf is the holding a Lease object records.
+// HoldingOf is the holding a Lease object records, its holder named by the
+// candidate's identity (the process name) without the nonce of the process
+// (leaderelection.IdentityOf).
 func HoldingOf(l *capstanv1.Lease) Holding {
-	return Holding{Holder: l.GetSpec().GetHolderIdentity(), Epoch: l.GetStatus().GetEpoch()}
+	return Holding{Holder: leaderelection.IdentityOf(l.GetSpec().GetHolderIdentity()), Epoch: l.GetStatus().GetEpoch()}
 }
 
 // Lease reads the named lease of a lease-gated component (in
@@ -116,7 +119,7 @@ func (c *Cluster) WaitTakeover(ctx context.Context, lease string, prev Holding, 
 }
 
 // Standbys are the standbys of a component's lease as the cluster status
-// lists them, with the holding it reports.
+// lists them, with the holding it reports, by the candidates' identities.
 func (c *Cluster) Standbys(ctx context.Context, lease string) ([]string, Holding, error) {
 	st, err := c.client.Cluster().GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{})
 	if err != nil {
@@ -124,7 +127,11 @@ func (c *Cluster) Standbys(ctx context.Context, lease string) ([]string, Holding
 	}
 	for _, l := range st.GetLeases() {
 		if l.GetNamespace() == wellknown.SystemNamespace && l.GetName() == lease {
-			return l.GetStandbys(), Holding{Holder: l.GetHolderIdentity(), Epoch: l.GetEpoch()}, nil
+			standbys := make([]string, 0, len(l.GetStandbys()))
+			for _, s := range l.GetStandbys() {
+				standbys = append(standbys, leaderelection.IdentityOf(s))
+			}
+			return standbys, Holding{Holder: leaderelection.IdentityOf(l.GetHolderIdentity()), Epoch: l.GetEpoch()}, nil
 		}
 	}
 	return nil, Holding{}, fmt.Errorf("testcluster: the cluster status lists no lease %s: %v", lease, st.GetLeases())

@@ -171,20 +171,25 @@ func Run(ctx context.Context, opts Options, spec Spec) error {
 // newMux serves /metrics and /healthz. /healthz answers 200 as long as the
 // process runs its elector, standby or leader: restarting a standby whose
 // API servers are away would not bring them back. Its body says whether
-// this replica leads and which holding of the lease it last saw:
+// this replica leads and which holding of the lease it last saw; identities
+// are the candidates' names, holder identities add the process nonce the
+// lease is held under (leaderelection.HolderIdentity):
 //
 //	ok
 //	identity: controller-manager-2
+//	holder-identity: controller-manager-2_5c0ffee1
 //	leading: false
 //	leader: controller-manager-1
+//	leader-holder-identity: controller-manager-1_9e3a77d0
 //	leader-epoch: 42
 func newMux(registry *prometheus.Registry, elector *leaderelection.Elector) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		leader, epoch := elector.Leader()
-		fmt.Fprintf(w, "ok\nidentity: %s\nleading: %t\nleader: %s\nleader-epoch: %d\n", elector.Identity(), elector.IsLeader(), leader, epoch)
+		holder, epoch := elector.Leader()
+		fmt.Fprintf(w, "ok\nidentity: %s\nholder-identity: %s\nleading: %t\nleader: %s\nleader-holder-identity: %s\nleader-epoch: %d\n",
+			leaderelection.IdentityOf(elector.Identity()), elector.Identity(), elector.IsLeader(), leaderelection.IdentityOf(holder), holder, epoch)
 	})
 	return mux
 }
