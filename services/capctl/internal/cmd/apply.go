@@ -229,11 +229,13 @@ func apply(ctx context.Context, c *client.Client, kind *resource.Kind, desired r
 
 // forUpdate is the object an update sends for desired: the manifest's
 // labels and spec, over what the server and controllers own or add. It
-// takes from current its resource_version (the update is conditional on
-// it), the server-set metadata, the status (Update keeps it anyway; having
-// it makes next comparable with current), owner references and annotations
-// the manifest does not mention, the node of a bound pod, and replicas the
-// manifest does not set.
+// takes from current its uid and resource_version (the update is
+// conditional on both: apply means "make the current object look like the
+// manifest", which apply gets by reading again after a conflict, never by
+// writing over a version it has not seen), the server-set metadata, the
+// status (Update keeps it anyway; having it makes next comparable with
+// current), owner references and annotations the manifest does not
+// mention, the node of a bound pod, and replicas the manifest does not set.
 func forUpdate(desired, current resource.Object) resource.Object {
 	next := resource.Clone(desired)
 	nm, cm := resource.Meta(next), resource.Meta(current)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/resource"
@@ -26,6 +27,9 @@ type deleteTarget struct {
 	kind      *resource.Kind
 	namespace string
 	name      string
+	// uid is the object's, if the list of a selector resolved it; empty:
+	// deleteObject reads the object the name holds.
+	uid string
 }
 
 func newDeleteCommand(g *globals) *cobra.Command {
@@ -49,7 +53,10 @@ overrides the pod's termination_grace_period_seconds. --force (or
 --grace-period=0) removes the pod from the API at once, without waiting for
 its node agent to confirm that the containers stopped; the agent stops them
 when it sees the pod gone. Other kinds are deleted at once and ignore both
-flags.`,
+flags.
+
+An object is deleted only while it is the one capctl found under its name
+(the same uid): one deleted and created again meanwhile is left alone.`,
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, g, args) },
 	}
 	f := cmd.Flags()
@@ -120,11 +127,15 @@ func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error
 		}
 		ns := g.namespaceFor(kind)
 		if selecting {
-			if names, err = selectNames(ctx, c, kind, ns, o.labelSelector); err != nil {
+			objs, err := selectObjects(ctx, c, kind, ns, o.labelSelector)
+			if err != nil {
 				return err
 			}
-			if len(names) == 0 {
+			if len(objs) == 0 {
 				fmt.Fprintln(g.streams.ErrOut, noResources(kind, ns))
+			}
+			for _, obj := range objs {
+				targets = append(targets, deleteTarget{kind: kind, namespace: ns, name: obj.GetMetadata().GetName(), uid: obj.GetMetadata().GetUid()})
 			}
 		}
 		for _, n := range names {
@@ -133,7 +144,7 @@ func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error
 	}
 	failures := 0
 	for _, t := range targets {
-		_, err := c.Delete(ctx, t.kind, t.namespace, t.name, nil, deleteOpts...)
+		err := deleteObject(ctx, c, t, deleteOpts)
 		switch {
 		case err == nil && (o.force || o.gracePeriod == 0) && t.kind == podKind:
 			fmt.Fprintf(g.streams.Out, "%s %q force deleted\n", t.kindWord(), t.name)
@@ -154,14 +165,58 @@ func (o *deleteOptions) run(cmd *cobra.Command, g *globals, args []string) error
 // kindWord is how kubectl names a kind in "pod "web" deleted".
 func (t deleteTarget) kindWord() string { return strings.ToLower(t.kind.Name) }
 
+// objectDeleter is what deleteObject needs of the API client: tests put a
+// concurrent delete and re-create in front of Delete.
+type objectDeleter interface {
+	Get(ctx context.Context, kind *resource.Kind, namespace, name string) (resource.Object, error)
+	Delete(ctx context.Context, kind *resource.Kind, namespace, name string, pre *capstanv1.Preconditions, opts ...client.DeleteOption) (resource.Object, error)
+}
+
+// deleteObject deletes the object t names: the one with t.uid if a list
+// resolved it, else the one the name holds when it is read here. The delete
+// is conditional on that uid. "capctl delete pod web" means the web that
+// exists as the command runs, whatever its state (so no resource_version:
+// a status written meanwhile must not make the delete fail, as kubectl
+// users expect), but never another object created under the name later: a
+// request that arrives late (it sat in a frozen API replica) or a race with
+// a re-create must not delete the new one.
+func deleteObject(ctx context.Context, c objectDeleter, t deleteTarget, opts []client.DeleteOption) error {
+	uid := t.uid
+	if uid == "" {
+		obj, err := c.Get(ctx, t.kind, t.namespace, t.name)
+		if err != nil {
+			return err
+		}
+		uid = obj.GetMetadata().GetUid()
+	}
+	_, err := c.Delete(ctx, t.kind, t.namespace, t.name, &capstanv1.Preconditions{Uid: uid}, opts...)
+	if apierrors.IsConflict(err) {
+		// Only the uid is a precondition here: the name holds another
+		// object now. The server's "read it again and retry" is not
+		// advice for a delete.
+		return &serverError{reason: "Conflict", err: err, message: fmt.Sprintf(
+			"%s %q was deleted and created again since capctl read it (uid %s): the new one is not deleted", t.kind.Resource, t.name, uid)}
+	}
+	return err
+}
+
 func selectNames(ctx context.Context, c *client.Client, kind *resource.Kind, ns, selector string) ([]string, error) {
+	objs, err := selectObjects(ctx, c, kind, ns, selector)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(objs))
+	for _, obj := range objs {
+		names = append(names, obj.GetMetadata().GetName())
+	}
+	return names, nil
+}
+
+// selectObjects lists the objects of kind in ns that selector matches.
+func selectObjects(ctx context.Context, c *client.Client, kind *resource.Kind, ns, selector string) ([]resource.Object, error) {
 	res, err := c.ListAll(ctx, kind, client.ListOptions{Namespace: ns, LabelSelector: selector, PageSize: listPageSize})
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, 0, len(res.Items))
-	for _, obj := range res.Items {
-		names = append(names, obj.GetMetadata().GetName())
-	}
-	return names, nil
+	return res.Items, nil
 }

@@ -153,6 +153,10 @@ func scale(ctx context.Context, c objectStore, kind *resource.Kind, ns, name str
 			return fmt.Errorf("precondition failed: expected replicas of %s to be %d, was %d", printer.KindName(kind, name), current, have)
 		}
 		*spec = &replicas
+		// obj carries the uid and resource_version just read: the update
+		// applies only over that version, so it can never undo a newer
+		// change (a late or repeated request included); a conflict reads
+		// again, as kubectl's scale retries.
 		_, err = c.Update(ctx, obj)
 		if apierrors.IsConflict(err) {
 			continue

@@ -305,7 +305,17 @@ func (c *Controller) collect(ctx context.Context, item string) error {
 		}
 	}
 
-	_, err = c.client.Delete(ctx, kind, namespace, meta.GetName(),
+	return c.deleteGarbage(ctx, kind, item, current, ref)
+}
+
+// deleteGarbage deletes obj, judged garbage as read from the API (its
+// controller owner ref gone), at that uid and resource_version: one adopted
+// or changed since (or a new object of the same name) is ABORTED, and the
+// retry reads and judges it again, and a late or repeated delete never
+// takes a newer object with it.
+func (c *Controller) deleteGarbage(ctx context.Context, kind *resource.Kind, item string, obj resource.Object, ref *capstanv1.OwnerReference) error {
+	meta := obj.GetMetadata()
+	_, err := c.client.Delete(ctx, kind, meta.GetNamespace(), meta.GetName(),
 		&capstanv1.Preconditions{Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()})
 	switch {
 	case err == nil:
@@ -316,7 +326,7 @@ func (c *Controller) collect(ctx context.Context, item string) error {
 		return nil
 	default:
 		// A conflict: it changed since it was read; look at it again.
-		return fmt.Errorf("garbagecollector: delete %s: %w", item, err)
+		return fmt.Errorf("garbagecollector: delete %s at version %d: %w", item, meta.GetResourceVersion(), err)
 	}
 }
 

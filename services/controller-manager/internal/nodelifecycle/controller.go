@@ -46,9 +46,10 @@
 // (when it first saw each node, whether it saw its lease) lives in a state
 // guarded by a mutex; a Controller runs once (every leadership builds a new
 // one), and its startup grace counts from when its caches have synced.
-// Every Node write is conditional on the resource_version it was decided
-// on, every pod deletion on the pod's uid (a replacement of the same name
-// stays), and all are made with Run's (fenced) context.
+// Every Node write is conditional on the uid and resource_version it was
+// decided on, every pod deletion on the uid and resource_version of the pod
+// as listed (a replacement of the same name stays, a pod changed since is
+// judged again), and all are made with Run's (fenced) context.
 package nodelifecycle
 
 import (

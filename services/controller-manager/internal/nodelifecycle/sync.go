@@ -192,10 +192,13 @@ func (c *Controller) evictPod(ctx context.Context, node *capstanv1.Node, pod *ca
 	meta := pod.GetMetadata()
 	// Force (grace 0): the node's agent is unreachable and cannot finish a
 	// graceful deletion. If it comes back, it stops the pods the API no
-	// longer has.
-	_, err := c.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(), &capstanv1.Preconditions{Uid: meta.GetUid()}, client.GracePeriod(0))
+	// longer has. Only the version that was judged (its node, its
+	// tolerations): a pod changed since, or a new pod of the same name, is
+	// ABORTED, and the retry lists the node's pods again and judges anew.
+	_, err := c.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(),
+		&capstanv1.Preconditions{Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()}, client.GracePeriod(0))
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("evict pod %s/%s: %w", meta.GetNamespace(), meta.GetName(), err)
+		return fmt.Errorf("evict pod %s/%s at version %d: %w", meta.GetNamespace(), meta.GetName(), meta.GetResourceVersion(), err)
 	}
 	c.log.Info("evicted pod from dead node", "node", node.GetMetadata().GetName(),
 		"pod", meta.GetNamespace()+"/"+meta.GetName(), "unreachable-for", unreachableFor.Round(time.Millisecond))

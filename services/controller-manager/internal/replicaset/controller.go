@@ -14,6 +14,12 @@
 //     spec.replicas, in slow-start batches (1, 2, 4, ...);
 //   - writes the status (UpdateReplicaSetStatus, only when it changed).
 //
+// Every update and delete carries the uid and resource_version of the
+// object as the sync read it (a create needs none: it is conditional on the
+// name being free), so a write computed from a stale cache, or one that
+// arrives late, is refused (ABORTED) rather than applied over newer state;
+// the newer state's informer event queues the ReplicaSet again.
+//
 // # Not creating twice
 //
 // The controller acts on a cache that may lag behind its own writes. After

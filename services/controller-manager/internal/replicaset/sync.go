@@ -371,16 +371,31 @@ func (c *Controller) createPod(ctx context.Context, key string, rs *capstanv1.Re
 	return fmt.Errorf("replicaset: create pod %s: %w", name, err)
 }
 
+// deletePodOf deletes pod, one of rs's, at the version it was chosen from:
+// a pod that changed since (became ready, was released, or the name holds
+// another pod now) may not be the one to delete any more, and a delete that
+// arrives late must not take a newer pod with it.
 func (c *Controller) deletePodOf(ctx context.Context, key string, rs *capstanv1.ReplicaSet, pod *capstanv1.Pod) error {
 	meta := pod.GetMetadata()
-	_, err := c.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(), &capstanv1.Preconditions{Uid: meta.GetUid()})
+	_, err := c.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(),
+		&capstanv1.Preconditions{Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()})
 	switch {
 	case err == nil:
 		c.recorder.Eventf(ctx, rs, wellknown.EventNormal, ReasonSuccessfulDelete, "Deleted pod: %s", meta.GetName())
 		return nil
-	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
-		// Gone already (a conflict: the name now holds another pod).
+	case apierrors.IsNotFound(err):
+		// Gone already.
 		c.exp.deletionObserved(key, meta.GetName())
+		return nil
+	case apierrors.IsConflict(err):
+		// Not deleted, and no deletion to wait for. The change that beat
+		// this delete reaches the pod cache as an event that queues this
+		// ReplicaSet again (updatePod, or deletePod and addPod for a new
+		// pod of the name), and that sync chooses afresh. Not a failure:
+		// no FailedDelete, no ReplicaFailure.
+		c.exp.deletionObserved(key, meta.GetName())
+		c.log.Debug("pod changed since it was chosen for deletion: not deleted", "replicaset", key,
+			"pod", meta.GetName(), "resource-version", meta.GetResourceVersion(), "error", err)
 		return nil
 	}
 	if !outcomeUnknown(err) {

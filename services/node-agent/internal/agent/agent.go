@@ -31,6 +31,14 @@
 // the cached pod's status or from the last status written, whichever is
 // newer.
 //
+// Every write to a Node or pod is conditional on the uid and
+// resource_version of the version it was composed from, so a write that
+// arrives late (a request that sat in a frozen API replica) or was composed
+// from a cache that is behind never overwrites newer state: the API answers
+// ABORTED, and the write is composed again over the newer version (read
+// from the API for the Node status, from the cache once it has caught up
+// for pods).
+//
 // # Concurrency
 //
 // Run starts: one goroutine for the lease, one for the Node status, one that

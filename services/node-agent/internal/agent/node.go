@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	goruntime "runtime"
 	"strconv"
 
@@ -63,10 +64,17 @@ func (a *Agent) runNodeStatus(ctx context.Context) {
 		case <-a.nodeStatusPoke:
 		}
 		force := a.forceNodeStatus.Swap(false) || a.clock.Since(lastWrite) >= a.cfg.NodeStatusRefreshPeriod
-		wrote, err := a.syncNodeStatus(ctx, force)
+		wrote, err := a.syncNodeStatus(ctx, force, nil)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			a.log.Warn("cannot update the node status; retrying", "error", err)
+			// A conflict that outlived a fresh read means another writer
+			// is busy with the Node: its change reaches the cache, whose
+			// event pokes this loop again.
+			level := slog.LevelWarn
+			if apierrors.IsConflict(err) {
+				level = slog.LevelDebug
+			}
+			a.log.Log(ctx, level, "cannot update the node status; retrying", "error", err)
 			if force {
 				a.forceNodeStatus.Store(true)
 			}
@@ -78,35 +86,36 @@ func (a *Agent) runNodeStatus(ctx context.Context) {
 
 // register creates the Node, or adds the agent's labels to the one that
 // exists (keeping what others set: taints, unschedulable, their labels),
-// and writes its status.
+// and writes its status over the Node it created or read.
 func (a *Agent) register(ctx context.Context) error {
-	_, err := a.client.Nodes().CreateNode(ctx, &capstanv1.CreateNodeRequest{Node: &capstanv1.Node{
+	resp, err := a.client.Nodes().CreateNode(ctx, &capstanv1.CreateNodeRequest{Node: &capstanv1.Node{
 		Metadata: &capstanv1.ObjectMeta{Name: a.cfg.NodeName, Labels: a.cfg.Labels},
 	}})
+	node := resp.GetNode()
 	switch {
 	case err == nil:
 		a.log.Info("node registered", "created", true)
 	case apierrors.IsAlreadyExists(err):
-		if err := a.updateLabels(ctx); err != nil {
+		if node, err = a.updateLabels(ctx); err != nil {
 			return err
 		}
 		a.log.Info("node registered", "created", false)
 	default:
 		return fmt.Errorf("create node: %w", err)
 	}
-	if _, err := a.syncNodeStatus(ctx, true); err != nil {
+	if _, err := a.syncNodeStatus(ctx, true, node); err != nil {
 		return err
 	}
 	return nil
 }
 
-// updateLabels makes the Node carry the agent's labels; an update that
-// meets a concurrent change reads again.
-func (a *Agent) updateLabels(ctx context.Context) error {
+// updateLabels makes the Node carry the agent's labels, and returns it as
+// read or stored; an update that meets a concurrent change reads again.
+func (a *Agent) updateLabels(ctx context.Context) (*capstanv1.Node, error) {
 	for {
 		resp, err := a.client.Nodes().GetNode(ctx, &capstanv1.GetNodeRequest{Name: a.cfg.NodeName})
 		if err != nil {
-			return fmt.Errorf("read node: %w", err)
+			return nil, fmt.Errorf("read node: %w", err)
 		}
 		node := resp.GetNode()
 		changed := false
@@ -116,7 +125,7 @@ func (a *Agent) updateLabels(ctx context.Context) error {
 			}
 		}
 		if !changed {
-			return nil
+			return node, nil
 		}
 		if node.Metadata.Labels == nil {
 			node.Metadata.Labels = map[string]string{}
@@ -124,41 +133,70 @@ func (a *Agent) updateLabels(ctx context.Context) error {
 		for k, v := range a.cfg.Labels {
 			node.Metadata.Labels[k] = v
 		}
-		_, err = a.client.Nodes().UpdateNode(ctx, &capstanv1.UpdateNodeRequest{Node: node})
+		// At the version read (its uid and resource_version are in node).
+		updated, err := a.client.Nodes().UpdateNode(ctx, &capstanv1.UpdateNodeRequest{Node: node})
 		if apierrors.IsConflict(err) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("update node labels: %w", err)
+			return nil, fmt.Errorf("update node labels: %w", err)
 		}
-		return nil
+		return updated.GetNode(), nil
 	}
 }
 
-// syncNodeStatus writes the Node status if it differs from the cached
-// Node's (condition times aside), or if force. A Node that was deleted is
-// registered again.
-func (a *Agent) syncNodeStatus(ctx context.Context, force bool) (wrote bool, err error) {
-	var current *capstanv1.NodeStatus
-	if cached, ok := a.caches.nodeObject(a.cfg.NodeName); ok {
-		current = cached.GetStatus()
+// syncNodeStatus writes the Node status if it differs from the newest Node
+// the agent knows (condition times aside), or if force. That Node is the
+// newer of known (the one register created or read; may be nil) and the
+// cached one, else the one read from the API.
+//
+// The write is conditional on that Node's uid and resource_version, so that
+// a write that arrives late (it sat in the socket of a frozen API replica)
+// can never overwrite a newer status, such as the node lifecycle
+// controller's Ready=Unknown. If the Node changed meanwhile (the cache was
+// behind), the status is composed again over the Node read from the API and
+// written at its version: the status depends on the Node's (Ready's
+// transition time), and the loop must converge while the cache lags. A Node
+// that was deleted is registered again.
+func (a *Agent) syncNodeStatus(ctx context.Context, force bool, known *capstanv1.Node) (wrote bool, err error) {
+	node := known
+	if cached, ok := a.caches.nodeObject(a.cfg.NodeName); ok && cached.GetMetadata().GetResourceVersion() > node.GetMetadata().GetResourceVersion() {
+		node = cached
 	}
-	want := a.nodeStatus(current)
-	if !force && current != nil && nodeStatusEqual(current, want) {
-		return false, nil
+	for reread := false; ; reread = true {
+		if node == nil {
+			resp, err := a.client.Nodes().GetNode(ctx, &capstanv1.GetNodeRequest{Name: a.cfg.NodeName})
+			if apierrors.IsNotFound(err) {
+				a.log.Warn("the node was deleted; registering it again")
+				return true, a.register(ctx)
+			}
+			if err != nil {
+				return false, fmt.Errorf("read node: %w", err)
+			}
+			node = resp.GetNode()
+		}
+		want := a.nodeStatus(node.GetStatus())
+		if !force && nodeStatusEqual(node.GetStatus(), want) {
+			return false, nil
+		}
+		meta := node.GetMetadata()
+		_, err = a.client.Nodes().UpdateNodeStatus(ctx, &capstanv1.UpdateNodeStatusRequest{Node: &capstanv1.Node{
+			Metadata: &capstanv1.ObjectMeta{Name: a.cfg.NodeName, Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()},
+			Status:   want,
+		}})
+		switch {
+		case err == nil:
+			return true, nil
+		case apierrors.IsNotFound(err):
+			a.log.Warn("the node was deleted; registering it again")
+			return true, a.register(ctx)
+		case apierrors.IsConflict(err) && !reread:
+			a.log.Debug("the node changed since the agent read it; composing its status again over the API's", "resource-version", meta.GetResourceVersion(), "error", err)
+			node = nil
+		default:
+			return false, fmt.Errorf("update node status at version %d: %w", meta.GetResourceVersion(), err)
+		}
 	}
-	_, err = a.client.Nodes().UpdateNodeStatus(ctx, &capstanv1.UpdateNodeStatusRequest{Node: &capstanv1.Node{
-		Metadata: &capstanv1.ObjectMeta{Name: a.cfg.NodeName},
-		Status:   want,
-	}})
-	if apierrors.IsNotFound(err) {
-		a.log.Warn("the node was deleted; registering it again")
-		return true, a.register(ctx)
-	}
-	if err != nil {
-		return false, fmt.Errorf("update node status: %w", err)
-	}
-	return true, nil
 }
 
 // nodeStatus is the status the agent reports, with condition transition

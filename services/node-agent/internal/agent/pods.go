@@ -122,14 +122,23 @@ func (a *Agent) terminate(ctx context.Context, pod *capstanv1.Pod) error {
 		a.startKill(ctx, uid, podRef(pod), gracePeriod(pod), "its deletion was requested")
 		return nil
 	}
-	_, err := a.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(), &capstanv1.Preconditions{Uid: uid}, client.GracePeriod(0))
+	// Conditional on the version whose deletion the agent carried out: a
+	// late or repeated remove can never take a newer state of the pod with
+	// it, let alone a new pod of the same name.
+	_, err := a.client.Delete(ctx, podKind, meta.GetNamespace(), meta.GetName(),
+		&capstanv1.Preconditions{Uid: uid, ResourceVersion: meta.GetResourceVersion()}, client.GracePeriod(0))
 	switch {
 	case err == nil:
 		a.log.Info("pod stopped and removed from the API", "pod", podRef(pod), "pod-uid", uid)
-	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-		// Removed already, or replaced by a new pod of the same name.
+	case apierrors.IsNotFound(err):
+		// Removed already.
 	default:
-		return fmt.Errorf("remove pod %s: %w", podRef(pod), err)
+		// ABORTED among them: the pod changed since the cache showed it
+		// (a shorter grace period, say), or the name holds a new pod. The
+		// pod is not forgotten: the sync is retried, and the informer's
+		// event queues it too, so it is removed at its newer version, or
+		// stopGone forgets it once the cache no longer holds it.
+		return fmt.Errorf("remove pod %s at version %d: %w", podRef(pod), meta.GetResourceVersion(), err)
 	}
 	a.forget(uid)
 	return nil

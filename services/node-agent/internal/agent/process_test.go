@@ -37,13 +37,22 @@ type processNode struct {
 	endpoint string
 	rt       *runtime.ProcessRuntime
 	agent    *runningAgent
+	// configure, if set, changes the agent's config before each start.
+	configure func(*agent.Config)
 }
 
 // newProcessNode starts a node; every process its pods start is killed
 // when the test ends, whatever happened to the agent.
 func (e *env) newProcessNode(name string) *processNode {
 	e.t.Helper()
-	n := &processNode{e: e, name: name, stateDir: e.t.TempDir()}
+	return e.newProcessNodeWith(name, nil)
+}
+
+// newProcessNodeWith is newProcessNode with configure applied to the
+// agent's config.
+func (e *env) newProcessNodeWith(name string, configure func(*agent.Config)) *processNode {
+	e.t.Helper()
+	n := &processNode{e: e, name: name, stateDir: e.t.TempDir(), configure: configure}
 	e.t.Cleanup(func() { killPodProcesses(e.t, n.stateDir) })
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -84,6 +93,9 @@ func (n *processNode) start() {
 	cfg.RuntimeName = "process"
 	cfg.AgentEndpoint = n.endpoint
 	cfg.CheckpointDir = filepath.Join(n.stateDir, "agent", "pods")
+	if n.configure != nil {
+		n.configure(&cfg)
+	}
 	n.rt = rt
 	n.agent = n.e.start(cfg)
 }

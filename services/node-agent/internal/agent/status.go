@@ -32,6 +32,15 @@ const (
 // (the cache's, or the one this agent wrote last if the cache has not seen
 // that write yet). Terminating pods and pods the runtime does not run are
 // not reported.
+//
+// The write is conditional on the uid and resource_version of the version
+// it was composed over, so that a write that arrives late (it sat in the
+// socket of a frozen API replica) or composed from a cache that is behind
+// can never overwrite a newer status: the API refuses it with ABORTED. That
+// is returned as it is, and the status loop tries again with back-off; the
+// informer's event of the newer pod queues the pod too. Either way the next
+// try composes afresh over the newer pod, so a refused status is written
+// once the cache has caught up.
 func (a *Agent) writeStatus(ctx context.Context, uid string) error {
 	pod, ok := a.caches.pod(a.cfg.NodeName, uid)
 	if !ok || pod.GetMetadata().GetDeleteTime() != nil {
@@ -41,10 +50,14 @@ func (a *Agent) writeStatus(ctx context.Context, uid string) error {
 	if observed == nil {
 		return nil
 	}
-	base := pod.GetStatus()
+	base, version := pod.GetStatus(), pod.GetMetadata().GetResourceVersion()
 	a.mu.Lock()
-	if rec := a.pods[uid]; rec != nil && rec.sent != nil && rec.sentVersion > pod.GetMetadata().GetResourceVersion() {
-		base = rec.sent
+	if rec := a.pods[uid]; rec != nil && rec.sent != nil && rec.sentVersion > version {
+		// The cache has not seen this agent's last write yet. That write
+		// was conditional on the version it was composed over, so the pod
+		// at sentVersion is the cached one with the status sent: compose
+		// over it, at its version.
+		base, version = rec.sent, rec.sentVersion
 	}
 	a.mu.Unlock()
 	status := ComposePodStatus(pod, observed, base, a.cfg.Address, a.clock.Now())
@@ -55,14 +68,18 @@ func (a *Agent) writeStatus(ctx context.Context, uid string) error {
 	defer cancel()
 	meta := pod.GetMetadata()
 	resp, err := a.client.Pods().UpdatePodStatus(callCtx, &capstanv1.UpdatePodStatusRequest{Pod: &capstanv1.Pod{
-		Metadata: &capstanv1.ObjectMeta{Namespace: meta.GetNamespace(), Name: meta.GetName(), Uid: uid},
+		Metadata: &capstanv1.ObjectMeta{Namespace: meta.GetNamespace(), Name: meta.GetName(), Uid: uid, ResourceVersion: version},
 		Status:   status,
 	}})
 	switch {
-	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-		return nil // gone, or replaced by a new pod of the same name
+	case apierrors.IsNotFound(err):
+		return nil // gone: the cache's delete event stops it
 	case err != nil:
-		return fmt.Errorf("update status of pod %s: %w", podRef(pod), err)
+		// ABORTED among them: the pod changed since version, or the name
+		// holds a new pod. Not forgotten: retried (quietly, see
+		// reconcile) until the cache shows the newer pod, or no longer
+		// shows this one.
+		return fmt.Errorf("update status of pod %s at version %d: %w", podRef(pod), version, err)
 	}
 	a.mu.Lock()
 	if rec := a.pods[uid]; rec != nil {
