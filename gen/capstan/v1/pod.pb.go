@@ -2167,9 +2167,12 @@ type BindPodRequest struct {
 	// Node to bind to.
 	NodeName string `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	// If set, bind only this incarnation of the pod.
-	Uid           string `protobuf:"bytes,4,opt,name=uid,proto3" json:"uid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Uid string `protobuf:"bytes,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	// If set, bind only if the pod is still at this resource_version (the
+	// one the scheduler decided on): ABORTED otherwise.
+	ResourceVersion int64 `protobuf:"varint,5,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BindPodRequest) Reset() {
@@ -2228,6 +2231,13 @@ func (x *BindPodRequest) GetUid() string {
 		return x.Uid
 	}
 	return ""
+}
+
+func (x *BindPodRequest) GetResourceVersion() int64 {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return 0
 }
 
 // BindPodResponse is the output of BindPod.
@@ -2582,12 +2592,13 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\x11WatchPodsResponse\x12.\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1a.capstan.v1.WatchEventTypeR\x04type\x12!\n" +
 	"\x03pod\x18\x02 \x01(\v2\x0f.capstan.v1.PodR\x03pod\x12)\n" +
-	"\x10resource_version\x18\x03 \x01(\x03R\x0fresourceVersion\"q\n" +
+	"\x10resource_version\x18\x03 \x01(\x03R\x0fresourceVersion\"\x9c\x01\n" +
 	"\x0eBindPodRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
 	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12\x10\n" +
-	"\x03uid\x18\x04 \x01(\tR\x03uid\"4\n" +
+	"\x03uid\x18\x04 \x01(\tR\x03uid\x12)\n" +
+	"\x10resource_version\x18\x05 \x01(\x03R\x0fresourceVersion\"4\n" +
 	"\x0fBindPodResponse\x12!\n" +
 	"\x03pod\x18\x01 \x01(\v2\x0f.capstan.v1.PodR\x03pod\"\xcd\x01\n" +
 	"\x14StreamPodLogsRequest\x12\x1c\n" +

@@ -217,8 +217,24 @@ func TestConcurrentUpdatesSameVersionExactlyOneWins(t *testing.T) {
 func TestBindPodIsCompareAndSwap(t *testing.T) {
 	e := newEnv(t, 1)
 	ctx := ctxT(t)
-	if _, err := e.pods(0).CreatePod(ctx, &capstanv1.CreatePodRequest{Pod: testPod("b")}); err != nil {
+	created, err := e.pods(0).CreatePod(ctx, &capstanv1.CreatePodRequest{Pod: testPod("b")})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// A bind decided on a version the pod has left is refused.
+	seen := created.GetPod().GetMetadata().GetResourceVersion()
+	changed := created.GetPod()
+	changed.Metadata.Labels = map[string]string{"changed": "yes"}
+	if _, err := e.pods(0).UpdatePod(ctx, &capstanv1.UpdatePodRequest{Pod: changed}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.pods(0).BindPod(ctx, &capstanv1.BindPodRequest{Name: "b", NodeName: "node-1", ResourceVersion: seen})
+	if status.Code(err) != codes.Aborted {
+		t.Fatalf("bind at a stale resource_version: %v, want ABORTED", err)
+	}
+	_, err = e.pods(0).BindPod(ctx, &capstanv1.BindPodRequest{Name: "b", NodeName: "node-1", ResourceVersion: -1})
+	if status.Code(err) != codes.InvalidArgument || apierrors.Field(err) != "resource_version" {
+		t.Fatalf("bind at a negative resource_version: %v, want INVALID_ARGUMENT on resource_version", err)
 	}
 	bound, err := e.pods(0).BindPod(ctx, &capstanv1.BindPodRequest{Name: "b", NodeName: "node-1"})
 	if err != nil {

@@ -385,8 +385,11 @@ func (r *Registry) BindPod(ctx context.Context, req *capstanv1.BindPodRequest, o
 	if err := validation.Name(resource.MustLookup("Node"), "node_name", req.GetNodeName()); err != nil {
 		return nil, err
 	}
+	if req.GetResourceVersion() < 0 {
+		return nil, apierrors.Invalid(resource.FieldResourceVersion, "must not be negative")
+	}
 	obj, err := r.store.Update(ctx, kind.Key(req.GetNamespace(), req.GetName()), r.newFunc(kind),
-		storage.Preconditions{UID: req.GetUid()},
+		storage.Preconditions{UID: req.GetUid(), ResourceVersion: req.GetResourceVersion()},
 		func(current resource.Object) (resource.Object, error) {
 			pod := current.(*capstanv1.Pod)
 			switch bound := pod.GetSpec().GetNodeName(); bound {

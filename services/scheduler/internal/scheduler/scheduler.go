@@ -292,13 +292,13 @@ func (s *Scheduler) scheduleOne(ctx context.Context, item queue.Item) {
 // queue by the answer.
 func (s *Scheduler) bind(ctx context.Context, item queue.Item, pod *capstanv1.Pod, nodeName string) {
 	meta := pod.GetMetadata()
-	// BindPod binds only an unbound pod, and with the uid only the
-	// incarnation the decision was made for: a late or repeated bind can
-	// neither move a bound pod nor bind a new pod of the same name.
-	// BindPodRequest has no resource_version, so a change to the same
-	// incarnation's spec after the decision is not guarded here.
+	// BindPod binds only an unbound pod, and with the uid and
+	// resource_version only the pod as the decision saw it: a late or
+	// repeated bind can neither move a bound pod, nor bind a new pod of the
+	// same name, nor one whose spec changed after the decision.
 	_, err := s.client.Pods().BindPod(ctx, &capstanv1.BindPodRequest{
-		Namespace: meta.GetNamespace(), Name: meta.GetName(), NodeName: nodeName, Uid: meta.GetUid(),
+		Namespace: meta.GetNamespace(), Name: meta.GetName(), NodeName: nodeName,
+		Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion(),
 	})
 	switch {
 	case err == nil:
