@@ -190,6 +190,10 @@ type Agent struct {
 
 	kills sync.WaitGroup // KillPod goroutines
 
+	// holder is the node lease's holder identity: the node name and this
+	// process's nonce. Set and read by the lease goroutine only.
+	holder string
+
 	mu   sync.Mutex
 	pods map[string]*podRecord // by uid
 }

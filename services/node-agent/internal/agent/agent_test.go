@@ -16,6 +16,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/leaderelection"
 	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
@@ -252,7 +253,7 @@ func TestRegistersNodeAndHoldsLease(t *testing.T) {
 		first, err = e.lease("node-a")
 		return err
 	})
-	if first.GetSpec().GetHolderIdentity() != "node-a" || first.GetSpec().GetLeaseDurationSeconds() != 2 {
+	if first.GetSpec().GetHolderIdentity() != leaderelection.HolderIdentity("node-a") || first.GetSpec().GetLeaseDurationSeconds() != 2 {
 		t.Fatalf("lease %v", first)
 	}
 	poll.For(t, testDeadline, "node lease renewed", func(context.Context) error {
@@ -291,7 +292,7 @@ func TestLostLeaseAndUnknownReadyAreRepaired(t *testing.T) {
 		return err
 	})
 	if _, err := e.c.Leases().ReleaseLease(e.ctx(), &capstanv1.ReleaseLeaseRequest{
-		Namespace: wellknown.NodeLeaseNamespace, Name: "node-b", HolderIdentity: "node-b", Epoch: held.GetStatus().GetEpoch(),
+		Namespace: wellknown.NodeLeaseNamespace, Name: "node-b", HolderIdentity: held.GetSpec().GetHolderIdentity(), Epoch: held.GetStatus().GetEpoch(),
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/leaderelection"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -18,6 +19,7 @@ const releaseTimeout = 2 * time.Second
 // means only that the node looked dead for a while, so the agent takes it
 // again as soon as it can and goes on running its pods meanwhile.
 func (a *Agent) runLease(ctx context.Context) {
+	a.holder = leaderelection.HolderIdentity(a.cfg.NodeName)
 	ttl := a.cfg.LeaseDuration
 	period := ttl / 3
 	var (
@@ -84,16 +86,20 @@ type errHeldBy string
 func (e errHeldBy) Error() string { return "the node lease is held by " + string(e) }
 
 // acquireLease takes the node lease and returns its epoch; 0 and the holder
-// if another identity holds it. A holding under the node's own name (a
-// previous run of this agent, or an acquisition whose answer was lost) is
-// taken over: renewing it proves it is still there.
+// if another holder has it. The lease is held under the node's name and
+// this process's nonce (leaderelection.HolderIdentity), so a holding under
+// that identity can only be this process's own — an acquisition whose
+// answer was lost — and is taken over: renewing it proves it is still
+// there. A previous run of the agent that is still alive keeps its holding
+// until it stops or the lease expires; one that was killed leaves it to
+// expire within the TTL.
 func (a *Agent) acquireLease(ctx context.Context) (epoch int64, holder string, err error) {
 	callCtx, cancel := context.WithTimeout(ctx, a.cfg.LeaseDuration/2)
 	defer cancel()
 	resp, err := a.client.Leases().AcquireLease(callCtx, &capstanv1.AcquireLeaseRequest{
 		Namespace:            wellknown.NodeLeaseNamespace,
 		Name:                 a.cfg.NodeName,
-		HolderIdentity:       a.cfg.NodeName,
+		HolderIdentity:       a.holder,
 		LeaseDurationSeconds: int32(a.cfg.LeaseDuration / time.Second),
 	})
 	if err != nil {
@@ -101,9 +107,9 @@ func (a *Agent) acquireLease(ctx context.Context) (epoch int64, holder string, e
 	}
 	lease := resp.GetLease()
 	if resp.GetAcquired() {
-		return lease.GetStatus().GetEpoch(), a.cfg.NodeName, nil
+		return lease.GetStatus().GetEpoch(), a.holder, nil
 	}
-	if holder = lease.GetSpec().GetHolderIdentity(); holder != a.cfg.NodeName {
+	if holder = lease.GetSpec().GetHolderIdentity(); holder != a.holder {
 		return 0, holder, nil
 	}
 	epoch = lease.GetStatus().GetEpoch()
@@ -119,7 +125,7 @@ func (a *Agent) renewLease(ctx context.Context, epoch int64) error {
 	_, err := a.client.Leases().RenewLease(ctx, &capstanv1.RenewLeaseRequest{
 		Namespace:      wellknown.NodeLeaseNamespace,
 		Name:           a.cfg.NodeName,
-		HolderIdentity: a.cfg.NodeName,
+		HolderIdentity: a.holder,
 		Epoch:          epoch,
 	})
 	return err
@@ -133,7 +139,7 @@ func (a *Agent) releaseLease(ctx context.Context, epoch int64) {
 	_, err := a.client.Leases().ReleaseLease(ctx, &capstanv1.ReleaseLeaseRequest{
 		Namespace:      wellknown.NodeLeaseNamespace,
 		Name:           a.cfg.NodeName,
-		HolderIdentity: a.cfg.NodeName,
+		HolderIdentity: a.holder,
 		Epoch:          epoch,
 	})
 	switch {

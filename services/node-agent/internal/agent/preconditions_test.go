@@ -252,7 +252,7 @@ func TestNodeStatusFromAStaleCacheIsComposedAgain(t *testing.T) {
 	// status, composed over the Node its cache holds (Ready=True since
 	// readySince).
 	if _, err := e.c.Leases().ReleaseLease(e.ctx(), &capstanv1.ReleaseLeaseRequest{
-		Namespace: wellknown.NodeLeaseNamespace, Name: "lag-node", HolderIdentity: "lag-node", Epoch: held.GetStatus().GetEpoch(),
+		Namespace: wellknown.NodeLeaseNamespace, Name: "lag-node", HolderIdentity: held.GetSpec().GetHolderIdentity(), Epoch: held.GetStatus().GetEpoch(),
 	}); err != nil {
 		t.Fatal(err)
 	}
