@@ -417,6 +417,7 @@ func TestDefaultTopology(t *testing.T) {
 		"--node-name=node-2", "--listen=127.0.0.1:10272", "--address=127.0.0.1",
 		"--server=127.0.0.1:6441,127.0.0.1:6442,127.0.0.1:6443",
 		"--state-dir=" + filepath.Join(wd, ".local", "data", "node-agent-2"),
+		"--node-port-range=30922-31843",
 	} {
 		if !slices.Contains(agent.Args, arg) {
 			t.Errorf("node-agent-2 args %q lack %q", agent.Args, arg)
@@ -562,7 +563,8 @@ func TestLayoutWithWorkersApartAndExtraArgs(t *testing.T) {
 	}
 	topo := Layout{
 		BinDir: "bin", StateDir: t.TempDir(), Masters: masters, Workers: workers,
-		Args: map[string][]string{ControllerManagerBinary: {"--lease-duration=2s"}, NodeAgentBinary: {"--labels=a=b"}},
+		NodePorts: PortRange{First: 20000, Last: 20999},
+		Args:      map[string][]string{ControllerManagerBinary: {"--lease-duration=2s"}, NodeAgentBinary: {"--labels=a=b"}},
 	}.Topology()
 	var names []string
 	for _, p := range topo.Processes {
@@ -578,8 +580,32 @@ func TestLayoutWithWorkersApartAndExtraArgs(t *testing.T) {
 	if got := topo.Processes[4].Args[0]; got != "--node-name=node-2" {
 		t.Errorf("node-agent-2 runs %s, want --node-name=node-2", got)
 	}
+	for i, want := range []string{"--node-port-range=20000-20499", "--node-port-range=20500-20999"} {
+		if p := topo.Processes[3+i]; !slices.Contains(p.Args, want) {
+			t.Errorf("%s args %q lack %q", p.Name, p.Args, want)
+		}
+	}
 	apiOnly := Layout{BinDir: "bin", StateDir: t.TempDir(), Masters: masters, APIServersOnly: true, Workers: workers[:1]}.Topology()
 	if n := len(apiOnly.Processes); n != 2 {
 		t.Fatalf("API servers only, one worker: %d processes, want 2", n)
+	}
+}
+
+// TestNodePortsSplit: the node agents of one machine get disjoint slices
+// of the node port range that together cover it.
+func TestNodePortsSplit(t *testing.T) {
+	for _, tc := range []struct {
+		r    PortRange
+		n    int
+		want []PortRange
+	}{
+		{DefaultNodePorts, 3, []PortRange{{30000, 30921}, {30922, 31843}, {31844, 32767}}},
+		{DefaultNodePorts, 1, []PortRange{DefaultNodePorts}},
+		{PortRange{20000, 20999}, 2, []PortRange{{20000, 20499}, {20500, 20999}}},
+		{PortRange{1, 3}, 3, []PortRange{{1, 1}, {2, 2}, {3, 3}}},
+	} {
+		if got := tc.r.Split(tc.n); !slices.Equal(got, tc.want) {
+			t.Errorf("%v.Split(%d) = %v, want %v", tc.r, tc.n, got, tc.want)
+		}
 	}
 }

@@ -82,6 +82,30 @@ const (
 	NodeAgentBinary         = "node-agent"
 )
 
+// PortRange is an inclusive range of ports, FIRST-LAST as a flag.
+type PortRange struct {
+	First, Last int
+}
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// Split cuts r into n disjoint slices of (nearly) equal size, in order;
+// the last one also takes what does not divide evenly. r must hold at
+// least n ports.
+func (r PortRange) Split(n int) []PortRange {
+	size := (r.Last - r.First + 1) / n
+	out := make([]PortRange, n)
+	for i := range out {
+		out[i] = PortRange{First: r.First + i*size, Last: r.First + (i+1)*size - 1}
+	}
+	out[n-1].Last = r.Last
+	return out
+}
+
+// DefaultNodePorts is the node agent's own default --node-port-range: the
+// ports the workers of a Layout share unless it says otherwise.
+var DefaultNodePorts = PortRange{First: 30000, Last: 32767}
+
 // ControlPlaneBinaries are the binaries a ControlPlane topology runs.
 var ControlPlaneBinaries = []string{APIServerBinary, ControllerManagerBinary, SchedulerBinary, NodeAgentBinary}
 
@@ -224,6 +248,11 @@ type Layout struct {
 	// Workers are the NodeAgentService ports of the workers, as many as
 	// there are, whatever the number of masters.
 	Workers []int
+	// NodePorts are the node ports the workers share (DefaultNodePorts if
+	// zero): each gets an equal, disjoint slice as its --node-port-range,
+	// since the node agents of one machine share its ports and each keeps
+	// only its own pods' ports apart. It must hold a port per worker.
+	NodePorts PortRange
 	// Args are appended to the arguments (first start and restart) of
 	// every process of a binary, by the binary's name: a lease duration
 	// for the controller-managers, labels for the node agents.
@@ -249,7 +278,9 @@ type Layout struct {
 //     first, each releasing its node lease while the API servers are up.
 //     Stopping a node agent leaves its pods' processes running (the next
 //     one adopts them): Down stops the cluster, not the workloads; KillPods
-//     stops those.
+//     stops those. Worker i gets slice i of NodePorts split evenly as its
+//     --node-port-range (with the default range and three workers:
+//     30000-30921, 30922-31843, 31844-32767).
 func (l Layout) Topology() Topology {
 	binDir, stateDir := absPath(l.BinDir), absPath(l.StateDir)
 	topo := Topology{StateDir: stateDir}
@@ -315,6 +346,14 @@ func (l Layout) Topology() Topology {
 			topo.Processes = append(topo.Processes, component(SchedulerBinary, i, p.SchedulerHTTP))
 		}
 	}
+	nodePorts := l.NodePorts
+	if nodePorts == (PortRange{}) {
+		nodePorts = DefaultNodePorts
+	}
+	var agentPorts []PortRange
+	if len(l.Workers) > 0 {
+		agentPorts = nodePorts.Split(len(l.Workers))
+	}
 	for i, port := range l.Workers {
 		name := fmt.Sprintf("%s-%d", NodeAgentBinary, i+1)
 		listen := fmt.Sprintf("127.0.0.1:%d", port)
@@ -327,6 +366,7 @@ func (l Layout) Topology() Topology {
 				"--address=127.0.0.1",
 				"--listen=" + listen,
 				"--state-dir=" + topo.DataDir(name),
+				"--node-port-range=" + agentPorts[i].String(),
 			},
 			HealthAddr: listen,
 		}))

@@ -6,7 +6,10 @@
 // loopback ports (package localcluster does the processes), plus pools of
 // hollow nodes: the real node agent in --hollow-nodes mode, whose nodes
 // register, hold their leases and complete graceful deletions like real
-// ones and report every pod Running and Ready at once.
+// ones and report every pod Running and Ready at once. The workers of one
+// cluster split a block of node ports that no other test cluster of the
+// machine holds (nodeports.go), so pods of clusters side by side never get
+// the same port.
 //
 // It gives the faults tests need, by name and always by pid, never by a
 // process name: stop (SIGTERM with grace), kill (SIGKILL, and wait until
@@ -92,7 +95,9 @@ type Config struct {
 	// of API servers (and their etcd members) only.
 	APIServersOnly bool
 	// Workers is the number of real node agents, node-agent-<i> running
-	// the node node-<i>, whatever the number of masters.
+	// the node node-<i>, whatever the number of masters. They split a
+	// block of 1000 node ports in 20000-29999 that no other test cluster
+	// of the machine holds while this one runs (--node-port-range).
 	Workers int
 	// Args are extra arguments of every master and worker process of a
 	// binary, by the binary's name (localcluster.ControllerManagerBinary
@@ -169,6 +174,9 @@ type Cluster struct {
 	lc      *localcluster.Cluster
 	logFile *os.File // runner.log, when Config.Logger is nil
 	client  *client.Client
+	// nodePorts is the block of node ports the workers split; Close gives
+	// it back.
+	nodePorts *nodePortClaim
 
 	// What the layout made, in order; fixed after Start.
 	apiServers []string
@@ -231,25 +239,31 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	} else {
 		binDir, err = filepath.Abs(binDir)
 	}
+	var claim *nodePortClaim
+	if err == nil && cfg.Workers > 0 {
+		claim, err = claimNodePorts()
+	}
 	var errs []error
 	for attempt := 1; err == nil && attempt <= startAttempts; attempt++ {
 		var c *Cluster
-		if c, err = start(ctx, cfg, dir, binDir, attempt, logger); err == nil {
+		if c, err = start(ctx, cfg, dir, binDir, attempt, logger, claim); err == nil {
 			c.logFile = logFile
+			c.nodePorts = claim
 			return c, nil
 		}
 		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
 		err = ctx.Err()
 	}
+	claim.release()
 	if logFile != nil {
 		logFile.Close()
 	}
 	return nil, fmt.Errorf("testcluster: start (logs and data kept in %s): %w", dir, errors.Join(append(errs, err)...))
 }
 
-// start is one attempt of Start, in <dir>/state-<attempt>. On failure it
-// stops what it started.
-func start(ctx context.Context, cfg Config, dir, binDir string, attempt int, logger *slog.Logger) (*Cluster, error) {
+// start is one attempt of Start, in <dir>/state-<attempt>, its workers
+// splitting the node ports of claim. On failure it stops what it started.
+func start(ctx context.Context, cfg Config, dir, binDir string, attempt int, logger *slog.Logger, claim *nodePortClaim) (*Cluster, error) {
 	masterPorts, workerPorts, err := freeLayoutPorts(cfg.Masters, cfg.Workers+len(cfg.HollowPools))
 	if err != nil {
 		return nil, err
@@ -261,6 +275,9 @@ func start(ctx context.Context, cfg Config, dir, binDir string, attempt int, log
 		APIServersOnly: cfg.APIServersOnly,
 		Workers:        workerPorts[:cfg.Workers],
 		Args:           cfg.Args,
+	}
+	if claim != nil {
+		layout.NodePorts = claim.ports
 	}
 	lc, err := localcluster.New(localcluster.Config{Topology: layout.Topology(), Logger: logger, ReadyTimeout: cfg.ReadyTimeout})
 	if err != nil {
@@ -438,6 +455,8 @@ func (c *Cluster) Close(ctx context.Context, keep bool) error {
 	if c.logFile != nil {
 		c.logFile.Close()
 	}
+	// Only once its workers are down: their pods' ports are free again.
+	c.nodePorts.release()
 	switch {
 	case err != nil:
 		return fmt.Errorf("%w (logs and data kept in %s)", err, c.dir)

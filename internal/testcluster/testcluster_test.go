@@ -140,6 +140,11 @@ func TestClusterOfRealProcesses(t *testing.T) {
 	if want := []NodeAgent{{Process: "node-agent-1", Node: "node-1"}}; !slices.Equal(c.NodeAgents(), want) {
 		t.Fatalf("NodeAgents %v, want %v", c.NodeAgents(), want)
 	}
+	for _, p := range c.lc.Topology().Processes {
+		if want := "--node-port-range=" + c.nodePorts.ports.String(); p.Name == "node-agent-1" && !slices.Contains(p.Args, want) {
+			t.Errorf("node-agent-1 args %q lack %q, the cluster's block of node ports", p.Args, want)
+		}
+	}
 	cl := c.Client()
 	pool := c.HollowPool("start-pool")
 	if pool == nil || !slices.Equal(pool.Nodes(), []string{"start-pool-0", "start-pool-1"}) {
@@ -334,4 +339,36 @@ func runningAndReady(p *capstanv1.Pod) error {
 		}
 	}
 	return errors.New("not Ready")
+}
+
+// TestNodePortClaims: clusters side by side claim disjoint blocks of node
+// ports, below local-up's 30000-32767, and a released block can be
+// claimed again.
+func TestNodePortClaims(t *testing.T) {
+	a, err := claimNodePorts()
+	if err != nil {
+		t.Skipf("other test clusters hold every block: %v", err)
+	}
+	defer a.release()
+	b, err := claimNodePorts()
+	if err != nil {
+		t.Skipf("other test clusters hold every block but one: %v", err)
+	}
+	for _, r := range []localcluster.PortRange{a.ports, b.ports} {
+		if r.First < 20000 || r.Last > 29999 || r.Last-r.First+1 != nodePortBlockSize {
+			t.Errorf("block %v, want %d ports in 20000-29999", r, nodePortBlockSize)
+		}
+	}
+	if a.ports.Last >= b.ports.First && b.ports.Last >= a.ports.First {
+		t.Fatalf("blocks %v and %v overlap", a.ports, b.ports)
+	}
+	b.release()
+	c, err := claimNodePorts()
+	if err != nil {
+		t.Fatalf("claim after a release: %v", err)
+	}
+	defer c.release()
+	if c.ports == a.ports {
+		t.Errorf("claimed %v twice", a.ports)
+	}
 }

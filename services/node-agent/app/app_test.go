@@ -41,7 +41,7 @@ func TestParseFlags(t *testing.T) {
 	opts, err := app.ParseFlags([]string{
 		"--node-name=worker-7", "--server=127.0.0.1:1,127.0.0.1:2", "--address=10.0.0.7", "--listen=0.0.0.0:11250",
 		"--labels=zone=z1, disk=ssd", "--cpu=1500m", "--memory=2Gi", "--max-pods=20", "--lease-duration=4s",
-		"--log-level=debug", "--log-format=json",
+		"--log-level=debug", "--log-format=json", "--node-port-range=31000-31099",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -51,18 +51,41 @@ func TestParseFlags(t *testing.T) {
 	}
 	opts = opts.Complete()
 	if opts.NodeName != "worker-7" || opts.Labels["zone"] != "z1" || opts.Labels["disk"] != "ssd" || opts.CPU != "1500m" ||
-		opts.Memory != "2Gi" || opts.MaxPods != 20 || opts.LeaseDuration != 4*time.Second || opts.StateDir != filepath.Join(".node-agent", "worker-7") {
+		opts.Memory != "2Gi" || opts.MaxPods != 20 || opts.LeaseDuration != 4*time.Second || opts.StateDir != filepath.Join(".node-agent", "worker-7") ||
+		opts.NodePortRange != "31000-31099" {
 		t.Fatalf("options %+v", opts)
 	}
 	if ep, err := opts.AgentEndpoint(); err != nil || ep != "10.0.0.7:11250" {
 		t.Fatalf("AgentEndpoint %q, %v", ep, err)
 	}
-	if d := app.DefaultOptions(); d.Listen != "127.0.0.1:10250" || d.Address != "127.0.0.1" || d.MaxPods != 110 || d.LeaseDuration != 6*time.Second {
+	if d := app.DefaultOptions(); d.Listen != "127.0.0.1:10250" || d.Address != "127.0.0.1" || d.MaxPods != 110 || d.LeaseDuration != 6*time.Second ||
+		d.NodePortRange != "30000-32767" {
 		t.Fatalf("defaults %+v", d)
 	}
 	if _, err := app.ParseFlags([]string{"--labels=novalue"}); err == nil {
 		t.Fatal("a label without = was accepted")
 	}
+}
+
+// ephemeralPorts is ten ports of the kernel's ephemeral port range that
+// it does not reserve, "" if that cannot be told.
+func ephemeralPorts() string {
+	rng, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return ""
+	}
+	if reserved, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_reserved_ports"); err != nil || strings.TrimSpace(string(reserved)) != "" {
+		return ""
+	}
+	fields := strings.Fields(string(rng))
+	if len(fields) != 2 {
+		return ""
+	}
+	first, err := strconv.Atoi(fields[0])
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", first, first+9)
 }
 
 func TestValidate(t *testing.T) {
@@ -88,6 +111,9 @@ func TestValidate(t *testing.T) {
 		{"bad level", func(o *app.Options) { o.LogLevel = "loud" }, "--log-level must be debug, info, warn or error"},
 		{"bad format", func(o *app.Options) { o.LogFormat = "xml" }, "--log-format must be text or json"},
 		{"bad probe", func(o *app.Options) { o.HealthProbe = "x" }, `--health-probe "x": must be host:port`},
+		{"node port range", func(o *app.Options) { o.NodePortRange = "31000-31999" }, ""},
+		{"node port range syntax", func(o *app.Options) { o.NodePortRange = "31000" }, `--node-port-range: "31000" is not FIRST-LAST`},
+		{"node port range order", func(o *app.Options) { o.NodePortRange = "5-3" }, "--node-port-range: 5-3 is not a range of ports"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := app.DefaultOptions()
@@ -101,6 +127,27 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate: %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestValidateNodePortRangeAgainstTheKernel: a real node refuses node
+// ports that the kernel hands to outgoing connections; hollow nodes, which
+// use none, do not care.
+func TestValidateNodePortRangeAgainstTheKernel(t *testing.T) {
+	ephemeral := ephemeralPorts()
+	if ephemeral == "" {
+		t.Skip("the kernel's ephemeral port range is unknown")
+	}
+	o := app.DefaultOptions()
+	o.NodeName = "node-1"
+	o.NodePortRange = ephemeral
+	want := "--node-port-range: " + ephemeral + " lies inside the kernel's ephemeral port range"
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Validate: %v, want an error containing %q", err, want)
+	}
+	o.HollowNodes = 2
+	if err := o.Validate(); err != nil {
+		t.Errorf("Validate of hollow nodes: %v", err)
 	}
 }
 
@@ -189,6 +236,7 @@ func TestRunRealNode(t *testing.T) {
 	opts.NodeName = "app-node"
 	opts.Server = strings.Join(api.Addrs(), ",")
 	opts.StateDir = stateDir
+	opts.NodePortRange = "31990-31999"
 	opts.LeaseDuration = 2 * time.Second
 	opts.LogOutput = &logs
 	opts.Tune = func(cfg *agent.Config) { cfg.NodeStatusCheckPeriod = 200 * time.Millisecond }
@@ -207,18 +255,25 @@ func TestRunRealNode(t *testing.T) {
 
 	_, err = c.Create(t.Context(), &capstanv1.Pod{
 		Metadata: &capstanv1.ObjectMeta{Name: "sleeper", Namespace: "default"},
-		Spec:     &capstanv1.PodSpec{NodeName: "app-node", Containers: []*capstanv1.Container{{Name: "main", Command: []string{"/bin/sleep", "3600"}}}},
+		Spec: &capstanv1.PodSpec{NodeName: "app-node", Containers: []*capstanv1.Container{{
+			Name: "main", Command: []string{"/bin/sleep", "3600"}, Ports: []*capstanv1.ContainerPort{{ContainerPort: 8080}},
+		}}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll.For(t, testDeadline, "the pod Running", func(ctx context.Context) error {
+	poll.For(t, testDeadline, "the pod Running on a node port of --node-port-range", func(ctx context.Context) error {
 		obj, err := c.Get(ctx, resource.MustLookup("Pod"), "default", "sleeper")
 		if err != nil {
 			return err
 		}
-		if phase := obj.(*capstanv1.Pod).GetStatus().GetPhase(); phase != wellknown.PodRunning {
+		st := obj.(*capstanv1.Pod).GetStatus()
+		if phase := st.GetPhase(); phase != wellknown.PodRunning {
 			return fmt.Errorf("phase %q", phase)
+		}
+		if cs := st.GetContainerStatuses(); len(cs) != 1 || len(cs[0].GetPorts()) != 1 ||
+			cs[0].GetPorts()[0].GetHostPort() < 31990 || cs[0].GetPorts()[0].GetHostPort() > 31999 {
+			return fmt.Errorf("container statuses %v, want port 8080 on a node port in 31990-31999", cs)
 		}
 		return nil
 	})

@@ -29,6 +29,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/validation"
 	"github.com/capstan-dev/capstan/services/node-agent/internal/agent"
+	"github.com/capstan-dev/capstan/services/node-agent/internal/runtime"
 )
 
 // Name is the component name: in every log line and the API client's user
@@ -75,6 +76,12 @@ type Options struct {
 	// LeaseDuration is the node lease's TTL (--lease-duration): whole
 	// seconds, at least 2 s.
 	LeaseDuration time.Duration
+	// NodePortRange is where the pods' declared container ports get their
+	// node ports, FIRST-LAST (--node-port-range; default 30000-32767). It
+	// must not lie inside the kernel's ephemeral port range
+	// (net.ipv4.ip_local_port_range), and node agents that share a machine
+	// need disjoint ranges. Not used with --hollow-nodes.
+	NodePortRange string
 	// HollowNodes, if positive, runs that many simulated nodes instead of
 	// one real node (--hollow-nodes).
 	HollowNodes int
@@ -111,6 +118,7 @@ func DefaultOptions() Options {
 		Listen:        DefaultListen,
 		MaxPods:       agent.DefaultMaxPods,
 		LeaseDuration: agent.DefaultLeaseDuration,
+		NodePortRange: runtime.DefaultNodePortRange.String(),
 		LogLevel:      "info",
 		LogFormat:     "text",
 	}
@@ -136,6 +144,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Memory, "memory", o.Memory, "memory the node offers to pods, a quantity such as 8Gi (default: the machine's memory)")
 	fs.IntVar(&o.MaxPods, "max-pods", o.MaxPods, "most pods the node runs")
 	fs.DurationVar(&o.LeaseDuration, "lease-duration", o.LeaseDuration, "node lease TTL, whole seconds, at least 2s: the node looks dead after about this long without the agent")
+	fs.StringVar(&o.NodePortRange, "node-port-range", o.NodePortRange, "FIRST-LAST: the ports the pods' declared container ports are given on the node; "+
+		"outside the kernel's ephemeral range (net.ipv4.ip_local_port_range), and disjoint for node agents sharing a machine")
 	fs.IntVar(&o.HollowNodes, "hollow-nodes", o.HollowNodes, "run this many simulated nodes (<node-name>-0...) that run no processes, for scale tests")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "text or json")
@@ -183,6 +193,21 @@ func (o Options) Complete() Options {
 		o.StateDir = filepath.Join(".", ".node-agent", o.NodeName)
 	}
 	return o
+}
+
+// nodePortRange is --node-port-range parsed and, for a real node, checked
+// against the kernel's ephemeral port range.
+func (o Options) nodePortRange() (runtime.PortRange, error) {
+	r, err := runtime.ParsePortRange(o.NodePortRange)
+	if err != nil {
+		return r, fmt.Errorf("--node-port-range: %w", err)
+	}
+	if o.HollowNodes == 0 {
+		if err := runtime.CheckNodePortRange(r); err != nil {
+			return r, fmt.Errorf("--node-port-range: %w", err)
+		}
+	}
+	return r, nil
 }
 
 // AgentEndpoint is the NodeAgentService address the Node publishes: the
@@ -259,6 +284,9 @@ func (o Options) Validate() error {
 	}
 	if o.HollowNodes < 0 || o.HollowNodes > maxHollowNodes {
 		return fmt.Errorf("--hollow-nodes must be between 0 and %d, not %d", maxHollowNodes, o.HollowNodes)
+	}
+	if _, err := o.nodePortRange(); err != nil {
+		return err
 	}
 	if _, err := logging.ParseLevel(o.LogLevel); err != nil {
 		return err

@@ -116,10 +116,12 @@ func Run(ctx context.Context, opts Options) error {
 		logger.Info("hollow mode: simulating nodes that run no processes", "hollow-nodes", opts.HollowNodes,
 			"first", opts.NodeName+"-0", "last", fmt.Sprintf("%s-%d", opts.NodeName, opts.HollowNodes-1))
 	} else {
+		nodePorts, _ := opts.nodePortRange() // validated
 		rt, err := runtime.NewProcessRuntime(runtime.ProcessOptions{
-			StateDir: filepath.Join(opts.StateDir, "runtime"),
-			NodeName: opts.NodeName,
-			Logger:   logger.With("subsystem", "runtime"),
+			StateDir:      filepath.Join(opts.StateDir, "runtime"),
+			NodeName:      opts.NodeName,
+			Logger:        logger.With("subsystem", "runtime"),
+			NodePortRange: nodePorts,
 		})
 		if err != nil {
 			lis.Close()
@@ -163,7 +165,7 @@ func Run(ctx context.Context, opts Options) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	logger.Info("starting", "listen", lis.Addr().String(), "agent-endpoint", endpoint, "address", opts.Address,
-		"state-dir", opts.StateDir, "cpu", cpu, "memory", memory, "max-pods", opts.MaxPods,
+		"state-dir", opts.StateDir, "cpu", cpu, "memory", memory, "max-pods", opts.MaxPods, "node-port-range", opts.NodePortRange,
 		"servers", c.Endpoints(), "version", version.Version)
 
 	runCtx, stopNode := context.WithCancel(ctx)

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,37 +20,59 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/localcluster"
 	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
 // helperAgentEnv, set to a state directory, makes the test binary act as a
 // node agent: it starts helperAgentPod, prints the container's pid and
-// waits to be killed.
-const helperAgentEnv = "CAPSTAN_RUNTIME_TEST_AGENT_STATE_DIR"
+// waits to be killed. With helperAgentKillAtEnv set to a startStep, it
+// SIGKILLs itself at that step of the container's first start instead;
+// helperAgentPodEnv names the pod's uid (default u-agent).
+const (
+	helperAgentEnv       = "CAPSTAN_RUNTIME_TEST_AGENT_STATE_DIR"
+	helperAgentKillAtEnv = "CAPSTAN_RUNTIME_TEST_AGENT_KILL_AT"
+	helperAgentPodEnv    = "CAPSTAN_RUNTIME_TEST_AGENT_POD_UID"
+)
 
-func helperAgentPod() *capstanv1.Pod {
-	return testPod("u-agent", wellknown.RestartAlways, 5, shell("app", "echo started; exec sleep 300"))
+// helperAgentNoKill is the helper's exit status when it was told to kill
+// itself at a step that never came.
+const helperAgentNoKill = 4
+
+func helperAgentPod(uid string) *capstanv1.Pod {
+	return testPod(uid, wellknown.RestartAlways, 5, shell("app", "echo started; exec sleep 300"))
 }
 
 func runHelperAgent() int {
-	rt, err := NewProcessRuntime(ProcessOptions{
+	opts := ProcessOptions{
 		StateDir:            os.Getenv(helperAgentEnv),
 		NodeName:            testNode,
 		Logger:              slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		ProcessPollInterval: 20 * time.Millisecond,
-	})
+	}
+	killAt := os.Getenv(helperAgentKillAtEnv)
+	if killAt != "" {
+		opts.startHook = func(s startStep) {
+			if strconv.Itoa(int(s)) == killAt {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {} // until the signal lands
+			}
+		}
+	}
+	uid := cmp.Or(os.Getenv(helperAgentPodEnv), "u-agent")
+	rt, err := NewProcessRuntime(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	if err := rt.SyncPod(context.Background(), helperAgentPod()); err != nil {
+	if err := rt.SyncPod(context.Background(), helperAgentPod(uid)); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
 	var pid int
 	if err := poll.Until(context.Background(), waitTimeout, "the container to start", func(context.Context) error {
-		if pid = pidOf(rt, "u-agent", "app"); pid == 0 {
+		if pid = pidOf(rt, uid, "app"); pid == 0 {
 			return errors.New("no process yet")
 		}
 		return nil
@@ -57,24 +81,26 @@ func runHelperAgent() int {
 		return 2
 	}
 	fmt.Println(pid)
+	if killAt != "" {
+		return helperAgentNoKill
+	}
 	// Until the test kills this process (or closes stdin).
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 3
 }
 
-// TestProcessesSurviveAgentSIGKILL: an agent process is SIGKILLed; its
-// container keeps running, and a new runtime on its state directory adopts
-// it, leaves it alone on SyncPod, serves its log and stops it.
-func TestProcessesSurviveAgentSIGKILL(t *testing.T) {
-	stateDir := t.TempDir()
+// startHelperAgent starts the test binary as a helper agent on stateDir
+// with the extra environment; it is SIGKILLed when the test ends if it
+// still runs then. The caller reads its stdout.
+func startHelperAgent(t *testing.T, stateDir string, env ...string) (*exec.Cmd, io.Reader) {
+	t.Helper()
 	agent := exec.Command(os.Args[0], "-test.run=^$")
-	agent.Env = append(os.Environ(), helperAgentEnv+"="+stateDir)
+	agent.Env = append(append(os.Environ(), helperAgentEnv+"="+stateDir), env...)
 	agent.Stderr = t.Output()
 	stdin, err := agent.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stdin.Close()
 	stdout, err := agent.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -82,10 +108,24 @@ func TestProcessesSurviveAgentSIGKILL(t *testing.T) {
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		stdin.Close()
+		if agent.ProcessState == nil {
+			_ = agent.Process.Kill()
+			_ = agent.Wait()
+		}
+	})
+	return agent, stdout
+}
+
+// TestProcessesSurviveAgentSIGKILL: an agent process is SIGKILLed; its
+// container keeps running, and a new runtime on its state directory adopts
+// it, leaves it alone on SyncPod, serves its log and stops it.
+func TestProcessesSurviveAgentSIGKILL(t *testing.T) {
+	stateDir := t.TempDir()
+	agent, stdout := startHelperAgent(t, stateDir)
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
-		agent.Process.Kill()
-		agent.Wait()
 		t.Fatalf("helper agent: %v", err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(line))
@@ -112,7 +152,7 @@ func TestProcessesSurviveAgentSIGKILL(t *testing.T) {
 	if !isRunning(cs) || cs.GetRestartCount() != 0 || pidOf(rt, "u-agent", "app") != pid {
 		t.Fatalf("adopted container: %s, pid %d; want running pid %d", describe(cs), pidOf(rt, "u-agent", "app"), pid)
 	}
-	syncPod(t, rt, helperAgentPod())
+	syncPod(t, rt, helperAgentPod("u-agent"))
 	if got := pidOf(rt, "u-agent", "app"); got != pid || !processAlive(pid) {
 		t.Fatalf("SyncPod after adoption: pid %d (alive %v), want %d untouched", got, processAlive(pid), pid)
 	}
@@ -127,6 +167,87 @@ func TestProcessesSurviveAgentSIGKILL(t *testing.T) {
 	}
 	if processAlive(pid) {
 		t.Errorf("adopted process %d alive after KillPod", pid)
+	}
+}
+
+// killStepTrials is how often an agent is killed at each step of a
+// container start.
+const killStepTrials = 20
+
+// TestAgentKilledDuringStart: an agent process SIGKILLs itself at each
+// step of a container's first start — its process held but not
+// checkpointed, checkpointed but not released, released — and a new
+// runtime on its state directory ends up with exactly one process of the
+// container: a new one that ran the command once if the old one was never
+// released, the old one (adopted, same pid) if it was. No step leaves an
+// orphan or a second copy, and the command never runs twice.
+func TestAgentKilledDuringStart(t *testing.T) {
+	for _, step := range []startStep{stepHeld, stepCheckpointed, stepReleased} {
+		t.Run(step.String(), func(t *testing.T) {
+			for trial := range killStepTrials {
+				t.Run(strconv.Itoa(trial), func(t *testing.T) {
+					uid := fmt.Sprintf("u-kill-%s-%d", step, trial)
+					podProcesses := func() []localcluster.PodProcess {
+						return localcluster.PodProcesses(func(p localcluster.PodProcess) bool { return p.PodUID == uid })
+					}
+					// Whatever happens, no process of the pod outlives the test.
+					t.Cleanup(func() {
+						for _, p := range podProcesses() {
+							_ = syscall.Kill(p.Pid, syscall.SIGKILL)
+						}
+					})
+					stateDir := t.TempDir()
+					agent, _ := startHelperAgent(t, stateDir, helperAgentKillAtEnv+"="+strconv.Itoa(int(step)), helperAgentPodEnv+"="+uid)
+					timer := time.AfterFunc(waitTimeout, func() { _ = agent.Process.Kill() })
+					err := agent.Wait()
+					timer.Stop()
+					if ws, ok := agent.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+						t.Fatalf("helper agent ended with %v, want killed by itself at step %s", err, step)
+					}
+					cp, err := readContainerCheckpoint(containerCheckpointPath(filepath.Join(stateDir, "pods", uid), "app"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					switch {
+					case step == stepHeld && cp != nil:
+						t.Fatalf("checkpoint %+v written before the kill at %s", cp, step)
+					case step != stepHeld && (cp == nil || !cp.Running || !cp.Held):
+						t.Fatalf("checkpoint %+v at %s, want a running, held process", cp, step)
+					}
+
+					opts := fastOptions(t)
+					opts.StateDir = stateDir
+					rt := newRuntime(t, opts)
+					cs := waitContainer(t, rt, uid, "app", "running", isRunning)
+					pid := pidOf(rt, uid, "app")
+					poll.For(t, waitTimeout, "exactly one process of the container, the runtime's", func(context.Context) error {
+						if procs := podProcesses(); len(procs) != 1 || procs[0].Pid != pid {
+							return fmt.Errorf("processes of the pod %v, want only pid %d", procs, pid)
+						}
+						return nil
+					})
+					if cs.GetRestartCount() != 0 {
+						t.Errorf("restart count %d: a start that never ran the command counted as a run", cs.GetRestartCount())
+					}
+					if step == stepReleased && pid != cp.PID {
+						t.Errorf("released process %d not adopted: runs %d", cp.PID, pid)
+					}
+					if step == stepCheckpointed && pid == cp.PID {
+						t.Errorf("the unreleased process %d was adopted", pid)
+					}
+					// The command ran once in all: one line, and no earlier run.
+					poll.For(t, waitTimeout, "the command's output", func(context.Context) error {
+						if out := logsOf(t, rt, uid, "app", LogOptions{TailLines: -1}); out != "started\n" {
+							return fmt.Errorf("log %q, want %q", out, "started\n")
+						}
+						return nil
+					})
+					if err := rt.Logs(context.Background(), uid, "app", LogOptions{Previous: true, TailLines: -1}, io.Discard); err == nil {
+						t.Error("a previous run's log exists: the command ran before")
+					}
+				})
+			}
+		})
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 //
 //	<StateDir>/pods/<uid>/pod.json                    podCheckpoint
 //	<StateDir>/pods/<uid>/<container>.checkpoint.json containerCheckpoint
+//	<StateDir>/pods/<uid>/<container>.released        the run id its shim was released with
 //	<StateDir>/pods/<uid>/<container>.log[.1]         the current run's output
 //	<StateDir>/pods/<uid>/<container>.previous.log[.1] the run before it
 //	<StateDir>/pods/<uid>/work/                       default working directory
@@ -25,6 +26,7 @@ import (
 const (
 	podCheckpointFile       = "pod.json"
 	containerCheckpointExt  = ".checkpoint.json"
+	releaseMarkerExt        = ".released"
 	podWorkDir              = "work"
 	checkpointFormatVersion = 1
 )
@@ -55,6 +57,12 @@ type containerCheckpoint struct {
 	StartedAt  time.Time `json:"startedAt,omitzero"`
 	// Ready: the readiness probe passed (last written on its change).
 	Ready bool `json:"ready,omitempty"`
+	// RunID names the run; its shim writes it into the release marker.
+	RunID string `json:"runID,omitempty"`
+	// Held: written while the process was a holding shim not yet known
+	// to be released. It ran the command only if the release marker holds
+	// RunID; otherwise it never ran anything.
+	Held bool `json:"held,omitempty"`
 
 	RestartCount     int32        `json:"restartCount"`
 	LastTermination  *termination `json:"lastTermination,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -59,6 +60,9 @@ type container struct {
 	readinessOK  bool
 	startError   string // the exec error of the latest attempt, "" once one succeeds
 	proc         *osProcess
+	// keepLog: the next start goes on in the current log file, because
+	// the run it belongs to never ran (its agent died before releasing it).
+	keepLog bool
 	// lastTermination is how the latest run ended; priorTermination the
 	// one before it (the last_state of a terminated container).
 	lastTermination  *termination
@@ -372,7 +376,9 @@ func (c *container) markStopped() {
 }
 
 // start starts one run of the container. restart counts it in
-// restart_count.
+// restart_count. The process is created held (see shim.go), checkpointed,
+// and only then released to run the command, so that at no point can the
+// agent die leaving a process that the next agent does not know about.
 func (c *container) start(restart bool) (*osProcess, error) {
 	rt := c.rt
 	rt.mu.Lock()
@@ -388,7 +394,22 @@ func (c *container) start(restart bool) (*osProcess, error) {
 	c.phase = phaseWaiting
 	c.waitReason = ReasonContainerCreating
 	c.waitMessage = ""
+	keepLog := c.keepLog
+	c.keepLog = false
+	// A port left without a node port when the range was full may find
+	// one now.
+	added, portErr := c.pod.ports.ensure(c.pod.spec)
+	if added {
+		rt.writePodCheckpointLocked(c.pod)
+	}
+	missing := c.pod.ports.unmapped(spec)
 	rt.mu.Unlock()
+	if len(missing) > 0 {
+		if portErr == nil {
+			portErr = ErrNodePortsExhausted
+		}
+		return nil, fmt.Errorf("no node port for container port %d: %w", missing[0], portErr)
+	}
 
 	dir := c.workingDir(spec)
 	if spec.GetWorkingDir() == "" {
@@ -396,19 +417,40 @@ func (c *container) start(restart bool) (*osProcess, error) {
 			return nil, fmt.Errorf("create working directory: %w", err)
 		}
 	}
-	c.newLogFile()
-	p, err := startProcess(launch{
+	if !keepLog {
+		c.newLogFile()
+	}
+	p, held, err := startProcess(launch{
 		argv:    append(append([]string(nil), spec.GetCommand()...), spec.GetArgs()...),
 		env:     c.environment(spec),
 		dir:     dir,
 		logPath: c.logPath(),
+		marker:  releaseMarkerPath(c.pod.dir, c.name),
+		runID:   newRunID(),
 	}, rt.clock.Now())
 	if err != nil {
 		return nil, err
 	}
-	// Checkpoint before anyone can see the process: an agent killed right
-	// after reporting a pid must leave the next agent able to adopt it.
-	c.writeCheckpointWith(p)
+	rt.startStep(stepHeld)
+	// Checkpoint before the release: an agent killed from here on leaves
+	// the next agent able to adopt the process, or to tell that it never
+	// ran the command. Without a checkpoint, the command must not run.
+	if err := c.writeCheckpointWith(p, true); err != nil {
+		held.abandon()
+		waitChild(p.pid)
+		return nil, fmt.Errorf("the container's checkpoint could not be written: %w", err)
+	}
+	rt.startStep(stepCheckpointed)
+	if err := held.releaseNow(rt.ctx); errors.Is(err, errReleaseUnconfirmed) {
+		rt.log.Warn("container process released, execve not confirmed: watching it as running", "pod-uid", c.pod.uid, "container", c.name, "pid", p.pid, "err", err)
+	} else if err != nil {
+		waitChild(p.pid)
+		return nil, err
+	}
+	rt.startStep(stepReleased)
+	// Released: no longer held, whatever the marker says. Failing, the
+	// held checkpoint and the marker still say the same.
+	_ = c.writeCheckpointWith(p, false)
 	rt.mu.Lock()
 	c.proc = p
 	c.phase = phaseRunning
@@ -609,11 +651,12 @@ func (c *container) terminate(ctx context.Context, p *osProcess, grace time.Dura
 	}
 }
 
-func (c *container) writeCheckpoint() { c.writeCheckpointWith(nil) }
+func (c *container) writeCheckpoint() { _ = c.writeCheckpointWith(nil, false) }
 
-// writeCheckpointWith writes the container's checkpoint; starting, if not
-// nil, is a process just started that c does not show yet.
-func (c *container) writeCheckpointWith(starting *osProcess) {
+// writeCheckpointWith writes the container's checkpoint, and logs a
+// failure; starting, if not nil, is a process just started that c does not
+// show yet, held in its shim if held.
+func (c *container) writeCheckpointWith(starting *osProcess, held bool) error {
 	rt := c.rt
 	c.checkpointMu.Lock()
 	defer c.checkpointMu.Unlock()
@@ -636,12 +679,16 @@ func (c *container) writeCheckpointWith(starting *osProcess) {
 		cp.StartTicks = p.startTicks
 		cp.StartedAt = p.startedAt
 		cp.Ready = ready
+		cp.RunID = p.runID
+		cp.Held = starting != nil && held
 		cp.Command = append(append([]string(nil), c.spec.GetCommand()...), c.spec.GetArgs()...)
 	}
 	rt.mu.Unlock()
 	if err := writeContainerCheckpoint(containerCheckpointPath(c.pod.dir, c.name), cp); err != nil {
 		rt.log.Error("container checkpoint not written: a restarted agent may not adopt it", "pod-uid", c.pod.uid, "container", c.name, "err", err)
+		return err
 	}
+	return nil
 }
 
 func probeHash(spec *capstanv1.Container) string {

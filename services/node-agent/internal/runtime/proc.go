@@ -25,6 +25,7 @@ type osProcess struct {
 	pid        int
 	startTicks uint64 // /proc/<pid>/stat field 22: tells this process from a later one with the same pid
 	startedAt  time.Time
+	runID      string // names this run in its checkpoint and its shim's release marker
 	// adopted: started by an earlier node agent, so not our child. It is
 	// watched through /proc and its exit status is unknown.
 	adopted bool
@@ -116,48 +117,90 @@ type launch struct {
 	env     []string
 	dir     string
 	logPath string
+	// marker is where the shim records its release, writing runID.
+	marker string
+	runID  string
 }
 
-// startProcess starts l in its own session with stdin from /dev/null and
-// stdout and stderr appended to the log file: no pipe ties it to the agent,
-// and no parent-death signal is set, so it outlives the agent.
-func startProcess(l launch, now time.Time) (*osProcess, error) {
+// startProcess starts l held in the shim (see shim.go), in its own session
+// with stdin from /dev/null and stdout and stderr appended to the log
+// file: no pipe ties the command to the agent, and no parent-death signal
+// is set, so it outlives the agent. The command runs once the returned
+// heldProcess is released; the osProcess's pid and start time are the
+// command's already.
+func startProcess(l launch, now time.Time) (*osProcess, *heldProcess, error) {
 	if len(l.argv) == 0 || l.argv[0] == "" {
-		return nil, errors.New("container has no command")
+		return nil, nil, errors.New("container has no command")
 	}
 	path, err := lookPath(l.argv[0], l.dir, l.env)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer devNull.Close()
 	logFile, err := os.OpenFile(l.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("open container log: %w", err)
+		return nil, nil, fmt.Errorf("open container log: %w", err)
 	}
 	defer logFile.Close()
-	proc, err := os.StartProcess(path, l.argv, &os.ProcAttr{
+	// The shim's ends are closed here once it has them; ours are
+	// close-on-exec, so no other child inherits them and the shim sees EOF
+	// when this process dies.
+	releaseR, releaseW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("release pipe: %w", err)
+	}
+	defer releaseR.Close()
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		releaseW.Close()
+		return nil, nil, fmt.Errorf("status pipe: %w", err)
+	}
+	defer statusW.Close()
+	proc, err := os.StartProcess(shimBinary, shimArgs(l.marker, l.runID, path, l.argv), &os.ProcAttr{
 		Dir:   l.dir,
 		Env:   l.env,
-		Files: []*os.File{devNull, logFile, logFile},
+		Files: []*os.File{devNull, logFile, logFile, releaseR, statusW},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {
-		return nil, err
+		releaseW.Close()
+		statusR.Close()
+		// Name the command, not the shim: the error is the container's.
+		var pe *os.PathError
+		if errors.As(err, &pe) && pe.Path == shimBinary {
+			pe.Path = path
+		}
+		return nil, nil, err
 	}
 	pid := proc.Pid
 	// The runtime reaps by pid (processWatcher), not through os.Process.
 	_ = proc.Release()
+	held := &heldProcess{path: path, release: releaseW, status: statusR}
 	// The child is not reaped yet, so its /proc entry exists even if it
 	// already exited.
 	st, err := readProcStat(pid)
 	if err != nil {
-		return nil, fmt.Errorf("read start time of pid %d: %w", pid, err)
+		held.abandon()
+		waitChild(pid)
+		return nil, nil, fmt.Errorf("read start time of pid %d: %w", pid, err)
 	}
-	return &osProcess{pid: pid, startTicks: st.startTicks, startedAt: now, exited: make(chan struct{})}, nil
+	return &osProcess{pid: pid, startTicks: st.startTicks, startedAt: now, runID: l.runID, exited: make(chan struct{})}, held, nil
+}
+
+// waitChild reaps child pid, which has ended or is about to (a shim that
+// was abandoned or failed to execve). The processWatcher does not know it.
+func waitChild(pid int) {
+	var ws syscall.WaitStatus
+	for {
+		_, err := syscall.Wait4(pid, &ws, 0, nil)
+		if !errors.Is(err, syscall.EINTR) {
+			return
+		}
+	}
 }
 
 // lookPath resolves a command the way a shell would, but with the

@@ -75,6 +75,16 @@ type ProcessOptions struct {
 	LogFollowInterval time.Duration
 	// LogRotateInterval: how often log sizes are checked.
 	LogRotateInterval time.Duration
+	// NodePortRange is where the node ports of declared container ports
+	// come from (DefaultNodePortRange if zero). It should lie outside the
+	// kernel's ephemeral port range (CheckNodePortRange); ports of it inside
+	// that range are never allocated. Agents sharing a machine need
+	// disjoint ranges.
+	NodePortRange PortRange
+
+	// startHook, if set, is called at each step of a container start
+	// (tests kill the agent there).
+	startHook func(startStep)
 }
 
 func (o *ProcessOptions) validate() error {
@@ -98,6 +108,12 @@ func (o *ProcessOptions) validate() error {
 	}
 	if o.MaxLogBytes < 0 {
 		return fmt.Errorf("runtime: ProcessOptions.MaxLogBytes is negative (%d)", o.MaxLogBytes)
+	}
+	if o.NodePortRange == (PortRange{}) {
+		o.NodePortRange = DefaultNodePortRange
+	}
+	if err := o.NodePortRange.validate(); err != nil {
+		return fmt.Errorf("runtime: ProcessOptions.NodePortRange: %w", err)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -138,16 +154,19 @@ func setDefault[T comparable](v *T, def T) {
 // runs up to two probe goroutines while it runs); one goroutine notices
 // process exits (processWatcher), one rotates logs, one feeds Changes. All
 // pod and container state is guarded by mu; no file or process work is
-// done under it except creating a pod's directory and checkpoint in
-// SyncPod. Close stops every goroutine and leaves the processes alone.
+// done under it except creating a pod's directory, allocating node ports
+// (bind probes) and writing the pod checkpoint, and killing never-released
+// holding shims on adoption. Close stops every goroutine and leaves the
+// processes alone.
 type ProcessRuntime struct {
-	opts    ProcessOptions
-	log     *slog.Logger
-	clock   clock.WithTicker
-	bootID  string
-	procs   *processWatcher
-	changes *changeQueue
-	probes  *http.Client
+	opts      ProcessOptions
+	log       *slog.Logger
+	clock     clock.WithTicker
+	bootID    string
+	procs     *processWatcher
+	changes   *changeQueue
+	probes    *http.Client
+	nodePorts *nodePorts
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -172,6 +191,19 @@ type pod struct {
 	containers []*container // spec order
 	stopping   []*container // dropped from the spec, being stopped
 	killing    bool         // KillPod has begun: no more SyncPod
+}
+
+// writePodCheckpointLocked writes the pod checkpoint: its identity, spec and
+// node ports. Failing, it is logged: without it a restarted agent cannot
+// adopt the pod, but the pod itself can run.
+func (rt *ProcessRuntime) writePodCheckpointLocked(p *pod) {
+	saved := &capstanv1.Pod{
+		Metadata: &capstanv1.ObjectMeta{Uid: p.uid, Name: p.name, Namespace: p.namespace},
+		Spec:     p.spec,
+	}
+	if err := writePodCheckpoint(p.dir, p.startTime, saved, p.ports.snapshot()); err != nil {
+		rt.log.Error("pod checkpoint not written", "pod-uid", p.uid, "err", err)
+	}
 }
 
 // NewProcessRuntime returns a runtime that runs containers as processes
@@ -212,15 +244,43 @@ type pod struct {
 //     times stops the container with the pod's grace period and the policy
 //     decides about the restart.
 //   - KillPod removes the pod's directory (logs included) once every
-//     container is gone.
+//     container is gone, and releases the pod's node ports.
+//   - Node ports: every declared container port gets a port of
+//     opts.NodePortRange that no pod of the node holds, that the kernel
+//     does not hand to outgoing connections (its ephemeral range) and that
+//     no other program holds (a bind probe); a declared host_port is used
+//     as is. Each is held in a node-wide set from the pod's acceptance (or
+//     its adoption, from its checkpoint) until KillPod removes the pod. A
+//     container whose port finds no free node port does not start:
+//     Waiting{ContainerCannotRun, "no node port for container port 8080:
+//     ...; back-off 2s before retrying"}, retried as a start error.
+//   - Start without a window: a container's process is created as a
+//     holding shim (this program, re-executed, see shim.go) in its own
+//     session, its checkpoint (pid, start time, boot id) is written, and
+//     only then is it released to execve() the command, keeping pid and
+//     start time. An agent that dies before the release leaves a shim that
+//     exits without running anything, and the next agent starts the
+//     container once; one that dies after it leaves a process the next
+//     agent adopts.
 func NewProcessRuntime(opts ProcessOptions) (*ProcessRuntime, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	log := opts.Logger.With("subsystem", "process-runtime")
+	kernel, err := readKernelPorts()
+	if err != nil {
+		log.Warn("the kernel's ephemeral port range is unknown: node ports are not kept out of it", "err", err)
+	}
+	if err := kernel.inRange(opts.NodePortRange); err != nil {
+		return nil, fmt.Errorf("runtime: ProcessOptions.NodePortRange: %w", err)
+	}
+	if usable := kernel.usable(opts.NodePortRange); usable < opts.NodePortRange.Size() {
+		log.Warn("the node port range overlaps the kernel's ephemeral port range: the ports they share are not used",
+			"node-port-range", opts.NodePortRange.String(), "ephemeral-port-range", kernel.ephemeral.String(), "usable-node-ports", usable)
+	}
 	if err := os.MkdirAll(filepath.Join(opts.StateDir, "pods"), 0o755); err != nil {
 		return nil, fmt.Errorf("runtime: create state directory: %w", err)
 	}
-	log := opts.Logger.With("subsystem", "process-runtime")
 	ctx, cancel := context.WithCancel(context.Background())
 	rt := &ProcessRuntime{
 		opts:   opts,
@@ -236,9 +296,10 @@ func NewProcessRuntime(opts ProcessOptions) (*ProcessRuntime, error) {
 			// it could leave the pod.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		ctx:    ctx,
-		cancel: cancel,
-		pods:   map[string]*pod{},
+		nodePorts: newNodePorts(opts.NodePortRange, kernel, log),
+		ctx:       ctx,
+		cancel:    cancel,
+		pods:      map[string]*pod{},
 	}
 	rt.changes = newChangeQueue()
 	rt.goRun(rt.procs.run)
@@ -363,7 +424,7 @@ func (rt *ProcessRuntime) SyncPod(ctx context.Context, want *capstanv1.Pod) erro
 			name:      want.GetMetadata().GetName(),
 			dir:       filepath.Join(rt.podsDir(), uid),
 			startTime: rt.clock.Now(),
-			ports:     newPortMap(nil),
+			ports:     newPortMap(rt.nodePorts, uid, nil),
 		}
 		if err := os.MkdirAll(p.dir, 0o755); err != nil {
 			return fmt.Errorf("runtime: create pod directory: %w", err)
@@ -377,15 +438,15 @@ func (rt *ProcessRuntime) SyncPod(ctx context.Context, want *capstanv1.Pod) erro
 	if proto.Equal(p.spec, want.GetSpec()) {
 		return nil
 	}
-	if err := p.ports.ensure(want.GetSpec()); err != nil {
-		return fmt.Errorf("runtime: pod %s: %w", uid, err)
+	spec := proto.CloneOf(want.GetSpec())
+	if _, err := p.ports.ensure(spec); err != nil {
+		// The containers of the ports left without one report it when they
+		// try to start, and try again then.
+		rt.log.Warn("pod accepted without all its node ports", "pod-uid", uid, "err", err)
 	}
-	if err := writePodCheckpoint(p.dir, p.startTime, want, p.ports.snapshot()); err != nil {
-		// Without it a restarted agent cannot adopt this pod, but the pod
-		// itself can run: log and go on.
-		rt.log.Error("pod checkpoint not written", "pod-uid", uid, "err", err)
-	}
-	rt.applySpecLocked(p, proto.CloneOf(want.GetSpec()))
+	p.spec = spec
+	rt.writePodCheckpointLocked(p)
+	rt.applySpecLocked(p, spec)
 	rt.notify(uid)
 	return nil
 }
@@ -424,8 +485,10 @@ func (rt *ProcessRuntime) applySpecLocked(p *pod, spec *capstanv1.PodSpec) {
 			case <-rt.ctx.Done():
 				return
 			}
-			if err := os.Remove(containerCheckpointPath(p.dir, c.name)); err != nil && !os.IsNotExist(err) {
-				rt.log.Warn("checkpoint of removed container not deleted", "pod-uid", p.uid, "container", c.name, "err", err)
+			for _, path := range []string{containerCheckpointPath(p.dir, c.name), releaseMarkerPath(p.dir, c.name)} {
+				if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+					rt.log.Warn("checkpoint of removed container not deleted", "pod-uid", p.uid, "container", c.name, "path", path, "err", err)
+				}
 			}
 			rt.mu.Lock()
 			p.stopping = slices.DeleteFunc(p.stopping, func(s *container) bool { return s == c })
@@ -486,6 +549,7 @@ func (rt *ProcessRuntime) KillPod(ctx context.Context, uid string, grace time.Du
 	}
 	if rt.pods[uid] == p {
 		delete(rt.pods, uid)
+		rt.nodePorts.release(uid)
 	}
 	rt.mu.Unlock()
 	if err := os.RemoveAll(p.dir); err != nil {
@@ -531,7 +595,7 @@ func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capst
 		dir:       dir,
 		startTime: startTime,
 		spec:      saved.GetSpec(),
-		ports:     newPortMap(ports),
+		ports:     newPortMap(rt.nodePorts, saved.GetMetadata().GetUid(), ports),
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -548,6 +612,9 @@ func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capst
 			rt.log.Warn("container checkpoint unreadable: starting it afresh", "pod-uid", p.uid, "container", c.name, "err", err)
 		}
 		if cp == nil {
+			// No run was recorded: a log there is of a start cut short
+			// before its checkpoint, which ran nothing.
+			c.keepLog = true
 			rt.startSupervisor(c, nil, nil)
 			continue
 		}
@@ -558,8 +625,22 @@ func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capst
 		var proc *osProcess
 		var ended *termination
 		switch {
+		case cp.Running && cp.Held && !shimReleased(releaseMarkerPath(dir, c.name), cp.RunID):
+			// The previous agent died between creating the process and
+			// releasing it: the command never ran. A shim still there reads
+			// EOF and exits by itself; it is killed so that it is gone for
+			// sure (it ran nothing, and one released just now has run the
+			// command for an instant at most), and the attempt is made
+			// again as if it had not begun.
+			if rt.stillRunning(cp) {
+				if err := syscall.Kill(-cp.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+					rt.log.Warn("kill of an unreleased container process failed", "pod-uid", p.uid, "container", c.name, "pid", cp.PID, "err", err)
+				}
+			}
+			c.keepLog = true
+			rt.log.Info("container start was cut short before its release: starting it again", "pod-uid", p.uid, "container", c.name, "pid", cp.PID)
 		case cp.Running && rt.stillRunning(cp):
-			proc = &osProcess{pid: cp.PID, startTicks: cp.StartTicks, startedAt: cp.StartedAt, adopted: true, exited: make(chan struct{})}
+			proc = &osProcess{pid: cp.PID, startTicks: cp.StartTicks, startedAt: cp.StartedAt, runID: cp.RunID, adopted: true, exited: make(chan struct{})}
 			rt.procs.watch(proc)
 			c.proc = proc
 			c.phase = phaseRunning
@@ -600,8 +681,10 @@ func (rt *ProcessRuntime) adoptPod(dir string, startTime time.Time, saved *capst
 				rt.log.Warn("kill failed", "pid", cp.PID, "err", err)
 			}
 		}
-		if err := os.Remove(path); err != nil {
-			rt.log.Warn("checkpoint of removed container not deleted", "path", path, "err", err)
+		for _, path := range []string{path, releaseMarkerPath(dir, name)} {
+			if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+				rt.log.Warn("checkpoint of removed container not deleted", "path", path, "err", err)
+			}
 		}
 	}
 	rt.notify(p.uid)

@@ -2,6 +2,21 @@
 // interface) and implements it with local processes (NewProcessRuntime).
 // The agent decides what should run; a Runtime makes it so and reports what
 // it sees. The hollow runtime of scale tests is another implementation.
+//
+// The process runtime keeps two promises across agent deaths. A node port
+// is never given twice: every declared container port gets one from the
+// node port range, held in a node-wide set from the pod's acceptance to
+// its removal and rebuilt from the checkpoints by the next agent (ports.go).
+// And a container never runs without a checkpoint that names it: its
+// process is created as a holding shim, checkpointed, and only then
+// released to execve() the command (shim.go). The shim is this package's
+// init taking over a program started with argv[0] "capstan-container-shim",
+// so every program that links the package — the node agent, and the test
+// binaries — can be one.
+//
+// Concurrency: a Runtime is safe for concurrent use (see Runtime and
+// ProcessRuntime for how the process runtime's goroutines and locks are
+// arranged).
 package runtime
 
 import (
