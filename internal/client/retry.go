@@ -27,8 +27,8 @@ const (
 
 // WriteRetryWindow is the longest a write is retried after its first
 // attempt, whatever its deadline: the API server remembers a request id for
-// at least three minutes (etcd3.RequestRecordTTL), and a retry must find the
-// record of an attempt that landed.
+// at least three minutes (package etcd3), and a retry must find the record
+// of an attempt that landed.
 const WriteRetryWindow = 2 * time.Minute
 
 // retryRule says whether a method may be repeated after an ambiguous failure

@@ -70,10 +70,9 @@ type Options struct {
 
 // Store is the etcd implementation of storage.Interface.
 type Store struct {
-	client       *clientv3.Client
-	log          *slog.Logger
-	stamp        func(obj storage.Object, createRevision int64)
-	recordLeases recordLeases
+	client *clientv3.Client
+	log    *slog.Logger
+	stamp  func(obj storage.Object, createRevision int64)
 }
 
 var _ storage.Interface = (*Store)(nil)
@@ -179,15 +178,11 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		conds = append(conds, fenceCompare(opts.Fence))
 		fenceAt, orElse = len(orElse), append(orElse, clientv3.OpGet(opts.Fence.LeaseKey, clientv3.WithKeysOnly()))
 	}
-	req := newRequest(opts.RequestID)
+	req := newRequest(opts.RequestID, time.Now())
 	if req != nil {
-		lease, err := s.recordLease(ctx)
-		if err != nil {
-			return nil, err
-		}
-		conds = append(conds, req.absent())
-		then = append(then, req.put(key, false, lease))
-		recordAt, orElse = len(orElse), append(orElse, req.get())
+		conds = append(conds, req.absent()...)
+		then = append(then, req.put(key, false))
+		recordAt, orElse = len(orElse), append(orElse, req.gets()...)
 	}
 	if err := checkDeadline(ctx); err != nil {
 		return nil, err
@@ -197,7 +192,7 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		return nil, statusOf(err)
 	}
 	if !resp.Succeeded {
-		if rec := recordIn(resp, recordAt); rec != nil {
+		if rec := req.recordIn(resp, recordAt); rec != nil {
 			return s.recorded(ctx, req, key, rec, newLike(obj))
 		}
 		if opts.Fence != nil && !fenceHolds(opts.Fence, resp, fenceAt) {
@@ -263,14 +258,10 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 		fenceAt, orElse = len(orElse), append(orElse, clientv3.OpGet(fence.LeaseKey, clientv3.WithKeysOnly()))
 	}
 	if req != nil {
-		conds = append(conds, req.absent())
-		recordAt, orElse = len(orElse), append(orElse, req.get())
+		conds = append(conds, req.absent()...)
+		recordAt, orElse = len(orElse), append(orElse, req.gets()...)
 		if len(ops) > 0 {
-			lease, err := s.recordLease(ctx)
-			if err != nil {
-				return nil, nil, nil, err
-			}
-			ops = append(ops, req.put(key, deleted, lease))
+			ops = append(ops, req.put(key, deleted))
 		}
 	}
 	if len(ops) > 0 {
@@ -285,13 +276,13 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 	if resp.Succeeded {
 		return resp, nil, nil, nil
 	}
-	if rec := recordIn(resp, recordAt); rec != nil {
+	if rec := req.recordIn(resp, recordAt); rec != nil {
 		return nil, nil, rec, nil
 	}
 	if fence != nil && !fenceHolds(fence, resp, fenceAt) {
 		return nil, nil, nil, leaseNotHeld(fence)
 	}
-	return nil, recordIn(resp, 0), nil, nil
+	return nil, kvIn(resp, 0), nil, nil
 }
 
 // read returns the current value of key, nil if absent, and with a request
@@ -307,11 +298,11 @@ func (s *Store) read(ctx context.Context, key string, req *request) (kv, rec *mv
 		}
 		return resp.Kvs[0], nil, nil
 	}
-	resp, err := s.client.Txn(withLeader(ctx)).Then(clientv3.OpGet(key), req.get()).Commit()
+	resp, err := s.client.Txn(withLeader(ctx)).Then(append([]clientv3.Op{clientv3.OpGet(key)}, req.gets()...)...).Commit()
 	if err != nil {
 		return nil, nil, statusOf(err)
 	}
-	return recordIn(resp, 0), recordIn(resp, 1), nil
+	return kvIn(resp, 0), req.recordIn(resp, 1), nil
 }
 
 // Update implements storage.Interface. Without TTLLease the key keeps the
@@ -326,7 +317,7 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 	if opts.TTLLease != 0 {
 		putOpts = []clientv3.OpOption{clientv3.WithLease(clientv3.LeaseID(opts.TTLLease))}
 	}
-	req := newRequest(opts.RequestID)
+	req := newRequest(opts.RequestID, time.Now())
 	kv, rec, err := s.read(ctx, key, req)
 	if err != nil {
 		return nil, err
@@ -394,7 +385,7 @@ func (s *Store) Delete(ctx context.Context, key string, newObj storage.NewFunc, 
 	if err := checkFence(opts.Fence); err != nil {
 		return nil, err
 	}
-	req := newRequest(opts.RequestID)
+	req := newRequest(opts.RequestID, time.Now())
 	kv, rec, err := s.read(ctx, key, req)
 	if err != nil {
 		return nil, err

@@ -522,3 +522,75 @@ func TestWatchAcrossMemberStop(t *testing.T) {
 	}
 	t.Logf("all %d changes seen after %d resumes", next-1, resumes)
 }
+
+// A write recorded minutes ago (by a replica, say, whose clock is behind)
+// is still found by a repeat; records of minutes older than the kept ones
+// are deleted in bulk, younger ones stay.
+func TestRequestRecordsByMinute(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	ctx := t.Context()
+	store := New(client, Options{Logger: testLogger(t)})
+	key := configMaps.Key("records", "a")
+	cm := &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: "a", Namespace: "records"}, Data: map[string]string{"v": "1"}}
+
+	// The write, as recorded by a replica three minutes behind.
+	then := time.Now().Add(-3 * time.Minute)
+	first, err := createRecordedAt(ctx, store, key, cm, "early", then)
+	if err != nil {
+		t.Fatalf("create recorded three minutes ago: %v", err)
+	}
+	again, err := store.Create(ctx, key, cm, storage.WriteOptions{RequestID: "early"})
+	if err != nil {
+		t.Fatalf("repeat now: %v", err)
+	}
+	if !proto.Equal(again, first) {
+		t.Fatalf("repeat answered %v, want the first write's %v", again, first)
+	}
+
+	// An expired minute, and the current one.
+	old := minuteKey(time.Now().Unix()/60-requestKeptMinutes-1) + "old"
+	current := minuteKey(time.Now().Unix()/60) + "current"
+	for _, k := range []string{old, current} {
+		if _, err := client.Put(ctx, k, `{"key":"/x"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expireCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); store.ExpireRequests(expireCtx) }()
+	poll.For(t, 10*time.Second, "the expired minute to be deleted", func(ctx context.Context) error {
+		resp, err := client.Get(ctx, old)
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) != 0 {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	stop()
+	<-done
+	for _, k := range []string{current, minuteKey(then.Unix()/60) + "early"} {
+		if resp, err := client.Get(ctx, k); err != nil || len(resp.Kvs) != 1 {
+			t.Errorf("record %s after expiry: %v, %v; want it kept", k, resp, err)
+		}
+	}
+}
+
+// createRecordedAt is Create with the request recorded as at time at.
+func createRecordedAt(ctx context.Context, s *Store, key string, obj storage.Object, id string, at time.Time) (storage.Object, error) {
+	req := newRequest(id, at)
+	stored := resource.Clone(obj)
+	data, err := encode(key, stored)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.client.Txn(ctx).If(append(req.absent(), clientv3.Compare(clientv3.CreateRevision(key), "=", 0))...).
+		Then(clientv3.OpPut(key, string(data)), req.put(key, false)).Commit()
+	if err != nil || !resp.Succeeded {
+		return nil, fmt.Errorf("txn: %v, succeeded %v", err, resp != nil && resp.Succeeded)
+	}
+	resource.Meta(stored).ResourceVersion = resp.Header.Revision
+	return stored, nil
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -20,22 +19,33 @@ import (
 
 // Request records (storage.WriteOptions.RequestID, ADR 0012).
 //
-// A write with a request id puts, in its own transaction, the key
-// RequestKeyPrefix+id with the key it wrote and whether it put or deleted
-// it; the transaction also requires that key to be absent. The record's mod
-// revision is the write's revision, so the outcome of the write is etcd's
-// history of the object at that revision (the revision before, for a
-// delete). Records are attached to an etcd lease of this store, so etcd
-// deletes them in bulk when it expires: a lease is granted with a TTL of
-// RequestRecordTTL plus requestLeaseRotation and replaced every
-// requestLeaseRotation, so a record lives between RequestRecordTTL and
-// RequestRecordTTL + requestLeaseRotation. That is longer than any Capstan
-// client retries a write (client.WriteRetryWindow) and shorter than the
-// history etcd keeps (auto-compaction retention, 5 minutes by default).
+// A write with a request id puts, in its own transaction, a record of the
+// key it wrote and whether it put or deleted it, under
+// RequestKeyPrefix/<minute>/<id>, <minute> being the minute of this
+// replica's clock (Unix minutes, ten digits, so keys sort by time). The
+// transaction also requires that no record of the id exists in the last
+// requestCheckedMinutes minutes, and a failed transaction reads them, so
+// a repeat of a recorded write is answered from its record. The record's
+// mod revision is the write's revision, so the outcome of the write is
+// etcd's history of the object at that revision (the revision before, for a
+// delete).
+//
+// Records are grouped by minute so that they expire in bulk without an
+// etcd lease per write (attaching every record to a lease cost a third of
+// the API's write throughput): ExpireRequests deletes the minutes older
+// than requestKeptMinutes. A record is thus found for at least
+// requestCheckedMinutes-1 minutes (three) and gone within
+// requestKeptMinutes+1 (six): longer than any Capstan client retries a
+// write (client.WriteRetryWindow, two minutes), with a minute to spare for
+// the clocks of API replicas that differ, and within the history etcd keeps
+// by default (auto-compaction retention five minutes) for the time a
+// record is looked for.
 const (
-	RequestKeyPrefix     = "/capstan-internal/requests/"
-	RequestRecordTTL     = 3 * time.Minute
-	requestLeaseRotation = 30 * time.Second
+	RequestKeyPrefix      = "/capstan-internal/requests/"
+	requestCheckedMinutes = 4
+	requestKeptMinutes    = 5
+	// RequestExpiryPeriod is how often ExpireRequests looks.
+	RequestExpiryPeriod = 30 * time.Second
 )
 
 // record is the value of a request record.
@@ -48,34 +58,69 @@ type record struct {
 
 // request is what a write with a request id adds to its transaction.
 type request struct {
-	id  string
-	key string // the record's key
+	id string
+	// checked are the keys a record of id may have (the minutes looked
+	// at), the current minute's first; it is the one a write puts.
+	checked []string
 }
 
-func newRequest(id string) *request {
+func minuteKey(minute int64) string { return fmt.Sprintf("%s%010d/", RequestKeyPrefix, minute) }
+
+func newRequest(id string, now time.Time) *request {
 	if id == "" {
 		return nil
 	}
-	return &request{id: id, key: RequestKeyPrefix + id}
+	minute := now.Unix() / 60
+	r := &request{id: id}
+	for i := range int64(requestCheckedMinutes) {
+		r.checked = append(r.checked, minuteKey(minute-i)+id)
+	}
+	return r
 }
 
-// absent is the transaction condition: the request is not recorded yet.
-func (r *request) absent() clientv3.Cmp {
-	return clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
+// absent are the transaction conditions: the request is not recorded yet.
+func (r *request) absent() []clientv3.Cmp {
+	cmps := make([]clientv3.Cmp, len(r.checked))
+	for i, k := range r.checked {
+		cmps[i] = clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
+	}
+	return cmps
 }
 
-// get reads the record (in a transaction's Else branch, or with the object).
-func (r *request) get() clientv3.Op { return clientv3.OpGet(r.key) }
+// gets read the request's possible records (in a transaction's Else
+// branch, or with the object).
+func (r *request) gets() []clientv3.Op {
+	ops := make([]clientv3.Op, len(r.checked))
+	for i, k := range r.checked {
+		ops[i] = clientv3.OpGet(k)
+	}
+	return ops
+}
 
-// put records the write of objectKey under lease.
-func (r *request) put(objectKey string, deleted bool, lease clientv3.LeaseID) clientv3.Op {
+// put records the write of objectKey.
+func (r *request) put(objectKey string, deleted bool) clientv3.Op {
 	data, _ := json.Marshal(record{Key: objectKey, Deleted: deleted}) // cannot fail on a string and a bool
-	return clientv3.OpPut(r.key, string(data), clientv3.WithLease(lease))
+	return clientv3.OpPut(r.checked[0], string(data))
 }
 
-// recordIn returns the record read by the Get at index i of a transaction
-// response, or nil if there was none.
-func recordIn(resp *clientv3.TxnResponse, i int) *mvccpb.KeyValue {
+// recordIn returns the record read by the request's gets, which start at
+// index first of a transaction response, or nil if there was none (or no
+// request: first < 0).
+func (r *request) recordIn(resp *clientv3.TxnResponse, first int) *mvccpb.KeyValue {
+	if r == nil || first < 0 {
+		return nil
+	}
+	for i := range r.checked {
+		if kv := kvIn(resp, first+i); kv != nil {
+			return kv
+		}
+	}
+	return nil
+}
+
+// kvIn returns the key-value read by the Get at index i of a transaction
+// response, or nil if it found none.
+func kvIn(resp *clientv3.TxnResponse, i int) *mvccpb.KeyValue {
 	if i < 0 || i >= len(resp.Responses) {
 		return nil
 	}
@@ -85,29 +130,31 @@ func recordIn(resp *clientv3.TxnResponse, i int) *mvccpb.KeyValue {
 	return nil
 }
 
-// recordLeases hands out the etcd lease new records are attached to.
-type recordLeases struct {
-	mu      sync.Mutex
-	id      clientv3.LeaseID
-	granted time.Time // monotonic: a frozen process rotates when it resumes
-}
-
-// lease returns a lease that outlives RequestRecordTTL from now, granting
-// a new one every requestLeaseRotation.
-func (s *Store) recordLease(ctx context.Context) (clientv3.LeaseID, error) {
-	l := &s.recordLeases
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.id != 0 && time.Since(l.granted) < requestLeaseRotation {
-		return l.id, nil
+// ExpireRequests deletes, every RequestExpiryPeriod until ctx ends, the
+// request records of minutes older than requestKeptMinutes. Every API
+// replica runs it; deleting the same minutes twice is harmless.
+func (s *Store) ExpireRequests(ctx context.Context) {
+	ticker := time.NewTicker(RequestExpiryPeriod)
+	defer ticker.Stop()
+	for {
+		oldest := minuteKey(time.Now().Unix()/60 - requestKeptMinutes)
+		callCtx, cancel := context.WithTimeout(ctx, RequestExpiryPeriod)
+		resp, err := s.client.Delete(withLeader(callCtx), RequestKeyPrefix, clientv3.WithRange(oldest))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			s.log.WarnContext(ctx, "deleting expired request records failed; trying again later", "error", err)
+		case resp.Deleted > 0:
+			s.log.DebugContext(ctx, "deleted expired request records", "records", resp.Deleted)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
 	}
-	granted := time.Now()
-	resp, err := s.client.Grant(withLeader(ctx), int64((RequestRecordTTL+requestLeaseRotation)/time.Second))
-	if err != nil {
-		return 0, statusOf(err)
-	}
-	l.id, l.granted = resp.ID, granted
-	return l.id, nil
 }
 
 // recorded answers a write whose request is already recorded: the outcome

@@ -213,6 +213,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		wg.Go(func() {
 			etcdendpoints.Track(monitorCtx, client, etcdendpoints.Options{Logger: logger.With("subsystem", "etcd-endpoints")})
 		})
+		wg.Go(func() { store.ExpireRequests(monitorCtx) })
 		monitorQuorum(monitorCtx, client, srv, logger)
 		wg.Wait()
 	}()
