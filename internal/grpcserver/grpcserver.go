@@ -42,7 +42,7 @@ const (
 	DefaultMaxRequestBytes = 1 << 20
 	// DefaultClockSkewAllowance is how far this replica's clock may lag a
 	// client's without a call being acted on after the client's deadline.
-	DefaultClockSkewAllowance = 250 * time.Millisecond
+	DefaultClockSkewAllowance = 50 * time.Millisecond
 	// DefaultPauseThreshold: a gap of the monotonic clock longer than this
 	// between two looks (every 100 ms) means the process was frozen.
 	DefaultPauseThreshold = time.Second
