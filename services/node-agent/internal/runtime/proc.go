@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/utils/clock"
+
+	"github.com/capstan-dev/capstan/services/node-agent/internal/containershim"
 )
 
 // osProcess is one container process and the process group it leads
@@ -160,10 +162,13 @@ func startProcess(l launch, now time.Time) (*osProcess, *heldProcess, error) {
 		return nil, nil, fmt.Errorf("status pipe: %w", err)
 	}
 	defer statusW.Close()
-	proc, err := os.StartProcess(shimBinary, shimArgs(l.marker, l.runID, path, l.argv), &os.ProcAttr{
+	files := make([]*os.File, max(containershim.ReleaseFD, containershim.StatusFD)+1)
+	files[0], files[1], files[2] = devNull, logFile, logFile
+	files[containershim.ReleaseFD], files[containershim.StatusFD] = releaseR, statusW
+	proc, err := os.StartProcess(shimBinary, containershim.Args(l.marker, l.runID, path, l.argv), &os.ProcAttr{
 		Dir:   l.dir,
 		Env:   l.env,
-		Files: []*os.File{devNull, logFile, logFile, releaseR, statusW},
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {

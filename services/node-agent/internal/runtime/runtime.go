@@ -9,10 +9,10 @@
 // its removal and rebuilt from the checkpoints by the next agent (ports.go).
 // And a container never runs without a checkpoint that names it: its
 // process is created as a holding shim, checkpointed, and only then
-// released to execve() the command (shim.go). The shim is this package's
-// init taking over a program started with argv[0] "capstan-container-shim",
-// so every program that links the package — the node agent, and the test
-// binaries — can be one.
+// released to execve() the command (shim.go). The shim is package
+// containershim's init taking over a program started with argv[0]
+// "capstan-container-shim", so every program that links this package — the
+// node agent, and the test binaries — can be one.
 //
 // Concurrency: a Runtime is safe for concurrent use (see Runtime and
 // ProcessRuntime for how the process runtime's goroutines and locks are
