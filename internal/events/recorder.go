@@ -41,7 +41,6 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
-	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/resource"
 )
 
@@ -63,11 +62,43 @@ const (
 	maxNameLength = 253
 )
 
-var eventKind = resource.MustLookup("Event")
+// Store is where a Recorder writes: the Event calls of the API. A
+// client.Client is one (NewRecorder); the API server, which records its own
+// events, hands its registry in (NewRecorderWith).
+type Store interface {
+	CreateEvent(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error)
+	UpdateEvent(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error)
+	GetEvent(ctx context.Context, namespace, name string) (*capstanv1.Event, error)
+}
+
+// API is the part of an API client a Recorder writes through: a
+// *client.Client is one. (This package does not import the client, so that
+// the API server, which the client's tests start, can record events too.)
+type API interface {
+	Events() capstanv1.EventServiceClient
+}
+
+// apiStore is a Store over the API.
+type apiStore struct{ api API }
+
+func (s apiStore) CreateEvent(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error) {
+	resp, err := s.api.Events().CreateEvent(ctx, &capstanv1.CreateEventRequest{Event: event})
+	return resp.GetEvent(), err
+}
+
+func (s apiStore) UpdateEvent(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error) {
+	resp, err := s.api.Events().UpdateEvent(ctx, &capstanv1.UpdateEventRequest{Event: event})
+	return resp.GetEvent(), err
+}
+
+func (s apiStore) GetEvent(ctx context.Context, namespace, name string) (*capstanv1.Event, error) {
+	resp, err := s.api.Events().GetEvent(ctx, &capstanv1.GetEventRequest{Namespace: namespace, Name: name})
+	return resp.GetEvent(), err
+}
 
 // Recorder writes Events. See the package doc.
 type Recorder struct {
-	client *client.Client
+	store  Store
 	source *capstanv1.EventSource
 	log    *slog.Logger
 	now    func() time.Time
@@ -96,7 +127,12 @@ type pendingEvent struct {
 // NewRecorder returns a Recorder that writes through c as source (the
 // component and its host or replica identity). logger receives the events
 // that could not be written; nil discards.
-func NewRecorder(c *client.Client, source *capstanv1.EventSource, logger *slog.Logger) *Recorder {
+func NewRecorder(c API, source *capstanv1.EventSource, logger *slog.Logger) *Recorder {
+	return NewRecorderWith(apiStore{c}, source, logger)
+}
+
+// NewRecorderWith is NewRecorder writing to store.
+func NewRecorderWith(store Store, source *capstanv1.EventSource, logger *slog.Logger) *Recorder {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -105,7 +141,7 @@ func NewRecorder(c *client.Client, source *capstanv1.EventSource, logger *slog.L
 		src = proto.Clone(source).(*capstanv1.EventSource)
 	}
 	return &Recorder{
-		client:       c,
+		store:        store,
 		source:       src,
 		log:          logger,
 		now:          time.Now,
@@ -282,9 +318,9 @@ func (r *Recorder) write(p pendingEvent) {
 		}
 	}
 
-	resp, err := r.client.Events().CreateEvent(ctx, &capstanv1.CreateEventRequest{Event: event})
+	created, err := r.store.CreateEvent(ctx, event)
 	if err == nil {
-		r.recent.put(key, resp.GetEvent())
+		r.recent.put(key, created)
 		return
 	}
 	if !apierrors.IsAlreadyExists(err) {
@@ -316,9 +352,9 @@ func (r *Recorder) bump(ctx context.Context, base *capstanv1.Event, lastTime *ti
 		next := proto.Clone(base).(*capstanv1.Event)
 		next.Count++
 		next.LastTime = lastTime
-		resp, err := r.client.Events().UpdateEvent(ctx, &capstanv1.UpdateEventRequest{Event: next})
+		updated, err := r.store.UpdateEvent(ctx, next)
 		if err == nil {
-			return resp.GetEvent(), nil
+			return updated, nil
 		}
 		if !apierrors.IsConflict(err) || attempt > 0 {
 			return nil, err
@@ -330,11 +366,7 @@ func (r *Recorder) bump(ctx context.Context, base *capstanv1.Event, lastTime *ti
 }
 
 func (r *Recorder) get(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error) {
-	obj, err := r.client.Get(ctx, eventKind, event.GetMetadata().GetNamespace(), event.GetMetadata().GetName())
-	if err != nil {
-		return nil, err
-	}
-	return obj.(*capstanv1.Event), nil
+	return r.store.GetEvent(ctx, event.GetMetadata().GetNamespace(), event.GetMetadata().GetName())
 }
 
 // sameOccurrence reports whether a and b are the same event, so that b

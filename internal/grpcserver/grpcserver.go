@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -96,6 +97,9 @@ type Server struct {
 	draining     context.Context
 	stopDraining context.CancelFunc
 	stopOnce     sync.Once
+	// stopping is set when Stop or Abort begins: a handler whose stream
+	// ends then knows the server, not its caller, ended it.
+	stopping atomic.Bool
 }
 
 // New builds a Server; it serves nothing until Serve.
@@ -206,6 +210,7 @@ func (s *Server) Serve(lis net.Listener) error {
 // cut calls off.
 func (s *Server) Stop(ctx context.Context) error {
 	var err error
+	s.stopping.Store(true)
 	s.stopOnce.Do(func() {
 		// Shutdown first, so that a health-checking balancer moves
 		// clients away before their connections get GOAWAY.
@@ -227,6 +232,23 @@ func (s *Server) Stop(ctx context.Context) error {
 	})
 	return err
 }
+
+// Abort stops the server at once, as a killed process would stop: no
+// health change, connections cut, calls and streams ended with them.
+// Handlers can tell (Stopping) that the server ended them.
+func (s *Server) Abort() {
+	s.stopping.Store(true)
+	s.GRPC.Stop()
+}
+
+// Stopping reports whether Stop or Abort has begun: a stream handler whose
+// stream ended asks it to tell a caller that went away from a server that
+// is going.
+func (s *Server) Stopping() bool { return s.stopping.Load() }
+
+// PausedSince reports whether the process was seen frozen (see pauseWatch)
+// at or after t: what a handler saw of its caller since t may be stale.
+func (s *Server) PausedSince(t time.Time) bool { return s.pauses.pausedSince(t) }
 
 // recoverPanic turns a handler's panic into INTERNAL, with the stack in the
 // log rather than in the answer.

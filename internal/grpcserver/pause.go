@@ -29,6 +29,8 @@ type pauseWatch struct {
 
 	mu    sync.Mutex
 	calls map[*heldCall]struct{}
+	// lastNoticed is when the watch last noticed a freeze (zero: never).
+	lastNoticed time.Time
 }
 
 type heldCall struct{ cancel context.CancelCauseFunc }
@@ -83,6 +85,7 @@ func (w *pauseWatch) run(ctx context.Context, since func(time.Time) time.Duratio
 // noticed.
 func (w *pauseWatch) frozen(gap time.Duration) {
 	w.mu.Lock()
+	w.lastNoticed = time.Now()
 	held := make([]*heldCall, 0, len(w.calls))
 	for c := range w.calls {
 		held = append(held, c)
@@ -92,4 +95,13 @@ func (w *pauseWatch) frozen(gap time.Duration) {
 	for _, c := range held {
 		c.cancel(pausedError{pause: gap})
 	}
+}
+
+// pausedSince reports whether a freeze was noticed at or after t. A freeze
+// is noticed after it ended, so one that began before t and was noticed
+// after counts too: what happened around t is suspect.
+func (w *pauseWatch) pausedSince(t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.lastNoticed.IsZero() && !w.lastNoticed.Before(t)
 }

@@ -156,8 +156,12 @@ type LeaseStatus struct {
 	RenewTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=renew_time,json=renewTime,proto3" json:"renew_time,omitempty"`
 	// How many times the lease changed hands.
 	LeaseTransitions int32 `protobuf:"varint,4,opt,name=lease_transitions,json=leaseTransitions,proto3" json:"lease_transitions,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The API replica that holds the holder's session (HoldLease), if the
+	// holder keeps one: when that session ends because the holder died, the
+	// replica releases the lease at once.
+	SessionReplica string `protobuf:"bytes,5,opt,name=session_replica,json=sessionReplica,proto3" json:"session_replica,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LeaseStatus) Reset() {
@@ -216,6 +220,13 @@ func (x *LeaseStatus) GetLeaseTransitions() int32 {
 		return x.LeaseTransitions
 	}
 	return 0
+}
+
+func (x *LeaseStatus) GetSessionReplica() string {
+	if x != nil {
+		return x.SessionReplica
+	}
+	return ""
 }
 
 // CreateLeaseRequest is the input of CreateLease.
@@ -1350,6 +1361,135 @@ func (*ReleaseLeaseResponse) Descriptor() ([]byte, []int) {
 	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{22}
 }
 
+// HoldLeaseRequest is the one message a holder sends on HoldLease.
+type HoldLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the lease; empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Lease name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Identity of the holder.
+	HolderIdentity string `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
+	// Epoch of the holding.
+	Epoch         int64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldLeaseRequest) Reset() {
+	*x = HoldLeaseRequest{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldLeaseRequest) ProtoMessage() {}
+
+func (x *HoldLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldLeaseRequest.ProtoReflect.Descriptor instead.
+func (*HoldLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *HoldLeaseRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *HoldLeaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HoldLeaseRequest) GetHolderIdentity() string {
+	if x != nil {
+		return x.HolderIdentity
+	}
+	return ""
+}
+
+func (x *HoldLeaseRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// HoldLeaseResponse is the first and only message of HoldLease: the session
+// is recorded.
+type HoldLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names this session among the holding's sessions.
+	Session string `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// The API replica that holds it.
+	Replica       string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldLeaseResponse) Reset() {
+	*x = HoldLeaseResponse{}
+	mi := &file_capstan_v1_lease_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldLeaseResponse) ProtoMessage() {}
+
+func (x *HoldLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_lease_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldLeaseResponse.ProtoReflect.Descriptor instead.
+func (*HoldLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_lease_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *HoldLeaseResponse) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *HoldLeaseResponse) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
 var File_capstan_v1_lease_proto protoreflect.FileDescriptor
 
 const file_capstan_v1_lease_proto_rawDesc = "" +
@@ -1362,13 +1502,14 @@ const file_capstan_v1_lease_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\v2\x17.capstan.v1.LeaseStatusR\x06status\"j\n" +
 	"\tLeaseSpec\x12'\n" +
 	"\x0fholder_identity\x18\x01 \x01(\tR\x0eholderIdentity\x124\n" +
-	"\x16lease_duration_seconds\x18\x02 \x01(\x05R\x14leaseDurationSeconds\"\xca\x01\n" +
+	"\x16lease_duration_seconds\x18\x02 \x01(\x05R\x14leaseDurationSeconds\"\xf3\x01\n" +
 	"\vLeaseStatus\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12=\n" +
 	"\facquire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vacquireTime\x129\n" +
 	"\n" +
 	"renew_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\trenewTime\x12+\n" +
-	"\x11lease_transitions\x18\x04 \x01(\x05R\x10leaseTransitions\"=\n" +
+	"\x11lease_transitions\x18\x04 \x01(\x05R\x10leaseTransitions\x12'\n" +
+	"\x0fsession_replica\x18\x05 \x01(\tR\x0esessionReplica\"=\n" +
 	"\x12CreateLeaseRequest\x12'\n" +
 	"\x05lease\x18\x01 \x01(\v2\x11.capstan.v1.LeaseR\x05lease\">\n" +
 	"\x13CreateLeaseResponse\x12'\n" +
@@ -1432,7 +1573,15 @@ const file_capstan_v1_lease_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\"\x16\n" +
-	"\x14ReleaseLeaseResponse2\xb9\x06\n" +
+	"\x14ReleaseLeaseResponse\"\x83\x01\n" +
+	"\x10HoldLeaseRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
+	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\"G\n" +
+	"\x11HoldLeaseResponse\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica2\x87\a\n" +
 	"\fLeaseService\x12N\n" +
 	"\vCreateLease\x12\x1e.capstan.v1.CreateLeaseRequest\x1a\x1f.capstan.v1.CreateLeaseResponse\x12E\n" +
 	"\bGetLease\x12\x1b.capstan.v1.GetLeaseRequest\x1a\x1c.capstan.v1.GetLeaseResponse\x12K\n" +
@@ -1445,7 +1594,8 @@ const file_capstan_v1_lease_proto_rawDesc = "" +
 	"\fAcquireLease\x12\x1f.capstan.v1.AcquireLeaseRequest\x1a .capstan.v1.AcquireLeaseResponse\x12K\n" +
 	"\n" +
 	"RenewLease\x12\x1d.capstan.v1.RenewLeaseRequest\x1a\x1e.capstan.v1.RenewLeaseResponse\x12Q\n" +
-	"\fReleaseLease\x12\x1f.capstan.v1.ReleaseLeaseRequest\x1a .capstan.v1.ReleaseLeaseResponseB9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
+	"\fReleaseLease\x12\x1f.capstan.v1.ReleaseLeaseRequest\x1a .capstan.v1.ReleaseLeaseResponse\x12L\n" +
+	"\tHoldLease\x12\x1c.capstan.v1.HoldLeaseRequest\x1a\x1d.capstan.v1.HoldLeaseResponse(\x010\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
 
 var (
 	file_capstan_v1_lease_proto_rawDescOnce sync.Once
@@ -1459,7 +1609,7 @@ func file_capstan_v1_lease_proto_rawDescGZIP() []byte {
 	return file_capstan_v1_lease_proto_rawDescData
 }
 
-var file_capstan_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_capstan_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_capstan_v1_lease_proto_goTypes = []any{
 	(*Lease)(nil),                     // 0: capstan.v1.Lease
 	(*LeaseSpec)(nil),                 // 1: capstan.v1.LeaseSpec
@@ -1484,17 +1634,19 @@ var file_capstan_v1_lease_proto_goTypes = []any{
 	(*RenewLeaseResponse)(nil),        // 20: capstan.v1.RenewLeaseResponse
 	(*ReleaseLeaseRequest)(nil),       // 21: capstan.v1.ReleaseLeaseRequest
 	(*ReleaseLeaseResponse)(nil),      // 22: capstan.v1.ReleaseLeaseResponse
-	(*ObjectMeta)(nil),                // 23: capstan.v1.ObjectMeta
-	(*timestamppb.Timestamp)(nil),     // 24: google.protobuf.Timestamp
-	(*Preconditions)(nil),             // 25: capstan.v1.Preconditions
-	(WatchEventType)(0),               // 26: capstan.v1.WatchEventType
+	(*HoldLeaseRequest)(nil),          // 23: capstan.v1.HoldLeaseRequest
+	(*HoldLeaseResponse)(nil),         // 24: capstan.v1.HoldLeaseResponse
+	(*ObjectMeta)(nil),                // 25: capstan.v1.ObjectMeta
+	(*timestamppb.Timestamp)(nil),     // 26: google.protobuf.Timestamp
+	(*Preconditions)(nil),             // 27: capstan.v1.Preconditions
+	(WatchEventType)(0),               // 28: capstan.v1.WatchEventType
 }
 var file_capstan_v1_lease_proto_depIdxs = []int32{
-	23, // 0: capstan.v1.Lease.metadata:type_name -> capstan.v1.ObjectMeta
+	25, // 0: capstan.v1.Lease.metadata:type_name -> capstan.v1.ObjectMeta
 	1,  // 1: capstan.v1.Lease.spec:type_name -> capstan.v1.LeaseSpec
 	2,  // 2: capstan.v1.Lease.status:type_name -> capstan.v1.LeaseStatus
-	24, // 3: capstan.v1.LeaseStatus.acquire_time:type_name -> google.protobuf.Timestamp
-	24, // 4: capstan.v1.LeaseStatus.renew_time:type_name -> google.protobuf.Timestamp
+	26, // 3: capstan.v1.LeaseStatus.acquire_time:type_name -> google.protobuf.Timestamp
+	26, // 4: capstan.v1.LeaseStatus.renew_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: capstan.v1.CreateLeaseRequest.lease:type_name -> capstan.v1.Lease
 	0,  // 6: capstan.v1.CreateLeaseResponse.lease:type_name -> capstan.v1.Lease
 	0,  // 7: capstan.v1.GetLeaseResponse.lease:type_name -> capstan.v1.Lease
@@ -1503,9 +1655,9 @@ var file_capstan_v1_lease_proto_depIdxs = []int32{
 	0,  // 10: capstan.v1.UpdateLeaseResponse.lease:type_name -> capstan.v1.Lease
 	0,  // 11: capstan.v1.UpdateLeaseStatusRequest.lease:type_name -> capstan.v1.Lease
 	0,  // 12: capstan.v1.UpdateLeaseStatusResponse.lease:type_name -> capstan.v1.Lease
-	25, // 13: capstan.v1.DeleteLeaseRequest.preconditions:type_name -> capstan.v1.Preconditions
+	27, // 13: capstan.v1.DeleteLeaseRequest.preconditions:type_name -> capstan.v1.Preconditions
 	0,  // 14: capstan.v1.DeleteLeaseResponse.lease:type_name -> capstan.v1.Lease
-	26, // 15: capstan.v1.WatchLeasesResponse.type:type_name -> capstan.v1.WatchEventType
+	28, // 15: capstan.v1.WatchLeasesResponse.type:type_name -> capstan.v1.WatchEventType
 	0,  // 16: capstan.v1.WatchLeasesResponse.lease:type_name -> capstan.v1.Lease
 	0,  // 17: capstan.v1.AcquireLeaseResponse.lease:type_name -> capstan.v1.Lease
 	0,  // 18: capstan.v1.RenewLeaseResponse.lease:type_name -> capstan.v1.Lease
@@ -1519,18 +1671,20 @@ var file_capstan_v1_lease_proto_depIdxs = []int32{
 	17, // 26: capstan.v1.LeaseService.AcquireLease:input_type -> capstan.v1.AcquireLeaseRequest
 	19, // 27: capstan.v1.LeaseService.RenewLease:input_type -> capstan.v1.RenewLeaseRequest
 	21, // 28: capstan.v1.LeaseService.ReleaseLease:input_type -> capstan.v1.ReleaseLeaseRequest
-	4,  // 29: capstan.v1.LeaseService.CreateLease:output_type -> capstan.v1.CreateLeaseResponse
-	6,  // 30: capstan.v1.LeaseService.GetLease:output_type -> capstan.v1.GetLeaseResponse
-	8,  // 31: capstan.v1.LeaseService.ListLeases:output_type -> capstan.v1.ListLeasesResponse
-	10, // 32: capstan.v1.LeaseService.UpdateLease:output_type -> capstan.v1.UpdateLeaseResponse
-	12, // 33: capstan.v1.LeaseService.UpdateLeaseStatus:output_type -> capstan.v1.UpdateLeaseStatusResponse
-	14, // 34: capstan.v1.LeaseService.DeleteLease:output_type -> capstan.v1.DeleteLeaseResponse
-	16, // 35: capstan.v1.LeaseService.WatchLeases:output_type -> capstan.v1.WatchLeasesResponse
-	18, // 36: capstan.v1.LeaseService.AcquireLease:output_type -> capstan.v1.AcquireLeaseResponse
-	20, // 37: capstan.v1.LeaseService.RenewLease:output_type -> capstan.v1.RenewLeaseResponse
-	22, // 38: capstan.v1.LeaseService.ReleaseLease:output_type -> capstan.v1.ReleaseLeaseResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
+	23, // 29: capstan.v1.LeaseService.HoldLease:input_type -> capstan.v1.HoldLeaseRequest
+	4,  // 30: capstan.v1.LeaseService.CreateLease:output_type -> capstan.v1.CreateLeaseResponse
+	6,  // 31: capstan.v1.LeaseService.GetLease:output_type -> capstan.v1.GetLeaseResponse
+	8,  // 32: capstan.v1.LeaseService.ListLeases:output_type -> capstan.v1.ListLeasesResponse
+	10, // 33: capstan.v1.LeaseService.UpdateLease:output_type -> capstan.v1.UpdateLeaseResponse
+	12, // 34: capstan.v1.LeaseService.UpdateLeaseStatus:output_type -> capstan.v1.UpdateLeaseStatusResponse
+	14, // 35: capstan.v1.LeaseService.DeleteLease:output_type -> capstan.v1.DeleteLeaseResponse
+	16, // 36: capstan.v1.LeaseService.WatchLeases:output_type -> capstan.v1.WatchLeasesResponse
+	18, // 37: capstan.v1.LeaseService.AcquireLease:output_type -> capstan.v1.AcquireLeaseResponse
+	20, // 38: capstan.v1.LeaseService.RenewLease:output_type -> capstan.v1.RenewLeaseResponse
+	22, // 39: capstan.v1.LeaseService.ReleaseLease:output_type -> capstan.v1.ReleaseLeaseResponse
+	24, // 40: capstan.v1.LeaseService.HoldLease:output_type -> capstan.v1.HoldLeaseResponse
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -1548,7 +1702,7 @@ func file_capstan_v1_lease_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_capstan_v1_lease_proto_rawDesc), len(file_capstan_v1_lease_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	LeaseService_AcquireLease_FullMethodName      = "/capstan.v1.LeaseService/AcquireLease"
 	LeaseService_RenewLease_FullMethodName        = "/capstan.v1.LeaseService/RenewLease"
 	LeaseService_ReleaseLease_FullMethodName      = "/capstan.v1.LeaseService/ReleaseLease"
+	LeaseService_HoldLease_FullMethodName         = "/capstan.v1.LeaseService/HoldLease"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -65,6 +66,21 @@ type LeaseServiceClient interface {
 	// FAILED_PRECONDITION (reason LEASE_NOT_HELD) if it was not held at that
 	// epoch.
 	ReleaseLease(ctx context.Context, in *ReleaseLeaseRequest, opts ...grpc.CallOption) (*ReleaseLeaseResponse, error)
+	// HoldLease keeps the holder's session for a holding: a stream the holder
+	// keeps open for as long as it holds the lease. Its first message says
+	// that the session is recorded; the server then sends nothing more. The
+	// holder ends the session by closing its side (CloseSend): nothing
+	// happens to the holding. If instead the holder's connection breaks —
+	// its process died (SIGKILL, an OOM kill, a killed container) and the
+	// kernel closed its sockets — the API replica releases the holding at
+	// once, in one etcd transaction conditional on the epoch and on this
+	// session still being the holding's newest. Nothing is released when the
+	// API replica itself stops, when the holder has opened a newer session
+	// (on another replica, say), or when the replica was frozen while it held
+	// the session. A paused or cut-off holder keeps its connection open: the
+	// lease's TTL governs it. FAILED_PRECONDITION (reason LEASE_NOT_HELD) if
+	// the holder does not hold the lease at that epoch.
+	HoldLease(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HoldLeaseRequest, HoldLeaseResponse], error)
 }
 
 type leaseServiceClient struct {
@@ -184,6 +200,19 @@ func (c *leaseServiceClient) ReleaseLease(ctx context.Context, in *ReleaseLeaseR
 	return out, nil
 }
 
+func (c *leaseServiceClient) HoldLease(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HoldLeaseRequest, HoldLeaseResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LeaseService_ServiceDesc.Streams[1], LeaseService_HoldLease_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HoldLeaseRequest, HoldLeaseResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_HoldLeaseClient = grpc.BidiStreamingClient[HoldLeaseRequest, HoldLeaseResponse]
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -218,6 +247,21 @@ type LeaseServiceServer interface {
 	// FAILED_PRECONDITION (reason LEASE_NOT_HELD) if it was not held at that
 	// epoch.
 	ReleaseLease(context.Context, *ReleaseLeaseRequest) (*ReleaseLeaseResponse, error)
+	// HoldLease keeps the holder's session for a holding: a stream the holder
+	// keeps open for as long as it holds the lease. Its first message says
+	// that the session is recorded; the server then sends nothing more. The
+	// holder ends the session by closing its side (CloseSend): nothing
+	// happens to the holding. If instead the holder's connection breaks —
+	// its process died (SIGKILL, an OOM kill, a killed container) and the
+	// kernel closed its sockets — the API replica releases the holding at
+	// once, in one etcd transaction conditional on the epoch and on this
+	// session still being the holding's newest. Nothing is released when the
+	// API replica itself stops, when the holder has opened a newer session
+	// (on another replica, say), or when the replica was frozen while it held
+	// the session. A paused or cut-off holder keeps its connection open: the
+	// lease's TTL governs it. FAILED_PRECONDITION (reason LEASE_NOT_HELD) if
+	// the holder does not hold the lease at that epoch.
+	HoldLease(grpc.BidiStreamingServer[HoldLeaseRequest, HoldLeaseResponse]) error
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -257,6 +301,9 @@ func (UnimplementedLeaseServiceServer) RenewLease(context.Context, *RenewLeaseRe
 }
 func (UnimplementedLeaseServiceServer) ReleaseLease(context.Context, *ReleaseLeaseRequest) (*ReleaseLeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReleaseLease not implemented")
+}
+func (UnimplementedLeaseServiceServer) HoldLease(grpc.BidiStreamingServer[HoldLeaseRequest, HoldLeaseResponse]) error {
+	return status.Error(codes.Unimplemented, "method HoldLease not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -452,6 +499,13 @@ func _LeaseService_ReleaseLease_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LeaseService_HoldLease_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LeaseServiceServer).HoldLease(&grpc.GenericServerStream[HoldLeaseRequest, HoldLeaseResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_HoldLeaseServer = grpc.BidiStreamingServer[HoldLeaseRequest, HoldLeaseResponse]
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -501,6 +555,12 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchLeases",
 			Handler:       _LeaseService_WatchLeases_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "HoldLease",
+			Handler:       _LeaseService_HoldLease_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "capstan/v1/lease.proto",

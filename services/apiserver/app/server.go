@@ -14,7 +14,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
+	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/grpcserver"
+	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/storage/etcd3"
 	"github.com/capstan-dev/capstan/internal/version"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/api"
@@ -24,6 +26,39 @@ import (
 	"github.com/capstan-dev/capstan/services/apiserver/internal/leases"
 	"github.com/capstan-dev/capstan/services/apiserver/internal/registry"
 )
+
+// eventFlushTimeout bounds writing the events still pending at a stop.
+const eventFlushTimeout = 2 * time.Second
+
+// registryEvents is the events.Store of the API server's own events: its
+// registry.
+type registryEvents struct{ reg *registry.Registry }
+
+var eventKind = resource.MustLookup("Event")
+
+func (r registryEvents) CreateEvent(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error) {
+	obj, err := r.reg.Create(ctx, eventKind, event, registry.WriteOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return obj.(*capstanv1.Event), nil
+}
+
+func (r registryEvents) UpdateEvent(ctx context.Context, event *capstanv1.Event) (*capstanv1.Event, error) {
+	obj, err := r.reg.Update(ctx, eventKind, event, registry.WriteOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return obj.(*capstanv1.Event), nil
+}
+
+func (r registryEvents) GetEvent(ctx context.Context, namespace, name string) (*capstanv1.Event, error) {
+	obj, err := r.reg.Get(ctx, eventKind, namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	return obj.(*capstanv1.Event), nil
+}
 
 // Server is a running API server, assembled by Start: the embedded etcd
 // member (or none, with EtcdEndpoints), its own etcd client, storage, the
@@ -163,7 +198,23 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		ClockSkewAllowance: skew,
 		MaxRequestBytes:    opts.MaxRequestBytes,
 	})
-	closeAPI, err := api.Register(srv, reg, leases.New(client, logger.With("subsystem", "leases")))
+	// The lease transitions this replica makes are Events, written through
+	// its own registry.
+	recorder := events.NewRecorderWith(registryEvents{reg}, &capstanv1.EventSource{Component: "apiserver", Host: opts.Name},
+		logger.With("subsystem", "events"))
+	cleanups = append(cleanups, func() { // before the etcd client closes
+		flushCtx, cancel := context.WithTimeout(context.Background(), eventFlushTimeout)
+		defer cancel()
+		recorder.Flush(flushCtx)
+	})
+	leaseService := leases.New(client, leases.Options{
+		Logger:      logger.With("subsystem", "leases"),
+		Replica:     opts.Name,
+		Events:      recorder,
+		Stopping:    srv.Stopping,
+		PausedSince: srv.PausedSince,
+	})
+	closeAPI, err := api.Register(srv, reg, leaseService)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("apiserver: register the API: %w", err)
@@ -335,7 +386,7 @@ func (s *Server) shutdown(ctx context.Context) {
 
 // kill is Kill's abrupt stop.
 func (s *Server) kill() {
-	s.grpc.GRPC.Stop() // no grace and no health change, as a killed process
+	s.grpc.Abort() // no grace and no health change, as a killed process
 	<-s.serveDone
 	s.stopMonitor()
 	<-s.monitorDone

@@ -69,6 +69,9 @@ func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *l
 	logs := newLogProxy(reg)
 	specialStreams := map[protoreflect.FullName]grpc.StreamHandler{
 		"capstan.v1.PodService.StreamPodLogs": logs.handler,
+		"capstan.v1.LeaseService.HoldLease": func(_ any, ss grpc.ServerStream) error {
+			return leaseService.Hold(ss)
+		},
 	}
 	for _, kind := range resource.All() {
 		desc, err := serviceDesc(kind, reg, special, specialStreams)
@@ -115,7 +118,8 @@ func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protor
 			desc.Streams = append(desc.Streams, grpc.StreamDesc{
 				StreamName:    string(m.Name()),
 				Handler:       specialStreams[m.FullName()],
-				ServerStreams: true,
+				ServerStreams: m.IsStreamingServer(),
+				ClientStreams: m.IsStreamingClient(),
 			})
 		case special[m.FullName()] != nil:
 			desc.Methods = append(desc.Methods, grpc.MethodDesc{

@@ -14,8 +14,14 @@
 // Keys:
 //
 //	/capstan/leases/<ns>/<name>                        the Lease (attached to an etcd lease)
-//	/capstan-internal/lease-history/<ns>/<name>        transitions and last holder (no TTL)
+//	/capstan-internal/lease-history/<ns>/<name>        transitions, last holder, how its holding ended (no TTL)
 //	/capstan-internal/lease-candidates/<ns>/<name>/<id> standbys (TTL: two lease durations)
+//	/capstan-internal/lease-sessions/<ns>/<name>       the holding's newest session (with the holding)
+//
+// Every transition is an Event on the Lease (reasons LeaseAcquired,
+// LeaseReleased, LeaseExpired, LeaseSessionLost), recorded by the replica
+// that saw it: an expiry, which etcd decides alone, is recorded by the
+// replica that serves the next acquisition.
 //
 // A Service is safe for concurrent use; it keeps no state of its own.
 package leases
@@ -36,10 +42,12 @@ import (
 
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
+	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/storage"
 	"github.com/capstan-dev/capstan/internal/storage/etcd3"
 	"github.com/capstan-dev/capstan/internal/validation"
+	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
 // MinDurationSeconds is the shortest lease: etcd's minimum TTL with its
@@ -62,19 +70,43 @@ func CandidateKeyPrefix(namespace, name string) string {
 
 var leaseKind = resource.MustLookup("Lease")
 
+// Options configure a Service; the zero value is usable.
+type Options struct {
+	// Logger; default discard.
+	Logger *slog.Logger
+	// Replica names this API replica in the sessions it holds.
+	Replica string
+	// Events, if set, records the lease transitions this replica makes.
+	Events *events.Recorder
+	// Stopping reports whether this replica is stopping: a session that
+	// ends then was ended by the replica, not by its holder. Default: never.
+	Stopping func() bool
+	// PausedSince reports whether this replica was seen frozen since a
+	// time: a session that ends after a freeze may have been given up by a
+	// holder that is alive. Default: never.
+	PausedSince func(time.Time) bool
+}
+
 // Service implements the lease methods of LeaseService.
 type Service struct {
 	client *clientv3.Client
 	log    *slog.Logger
 	now    func() time.Time
+	opts   Options
 }
 
 // New returns a Service over client.
-func New(client *clientv3.Client, logger *slog.Logger) *Service {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+func New(client *clientv3.Client, opts Options) *Service {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{client: client, log: logger, now: time.Now}
+	if opts.Stopping == nil {
+		opts.Stopping = func() bool { return false }
+	}
+	if opts.PausedSince == nil {
+		opts.PausedSince = func(time.Time) bool { return false }
+	}
+	return &Service{client: client, log: opts.Logger, now: time.Now, opts: opts}
 }
 
 type ref struct{ namespace, name, holder string }
@@ -143,7 +175,7 @@ func (s *Service) Acquire(ctx context.Context, req *capstanv1.AcquireLeaseReques
 	historyData, err := proto.Marshal(&capstanv1.Lease{
 		Spec:   &capstanv1.LeaseSpec{HolderIdentity: r.holder},
 		Status: &capstanv1.LeaseStatus{LeaseTransitions: transitions},
-	})
+	}) // no "ended" yet: this holding has just begun
 	if err != nil {
 		return nil, apierrors.Internal("encode lease history: %v", err)
 	}
@@ -176,6 +208,13 @@ func (s *Service) Acquire(ctx context.Context, req *capstanv1.AcquireLeaseReques
 	lease.Metadata.ResourceVersion = resp.Header.Revision
 	StampEpoch(lease, resp.Header.Revision)
 	s.log.Info("lease acquired", "lease", r.namespace+"/"+r.name, "holder", r.holder, "epoch", lease.Status.Epoch, "ttl-seconds", ttl)
+	if prev := history.GetSpec().GetHolderIdentity(); prev != "" && history.GetMetadata().GetAnnotations()[historyEnded] == "" {
+		// The last holding ended neither by a release nor by a lost
+		// session: etcd expired it.
+		s.event(ctx, lease, wellknown.EventWarning, ReasonExpired,
+			fmt.Sprintf("the holding of %s expired: it was not renewed within its duration", prev))
+	}
+	s.event(ctx, lease, wellknown.EventNormal, ReasonAcquired, fmt.Sprintf("%s acquired the lease at epoch %d", r.holder, lease.Status.Epoch))
 	return &capstanv1.AcquireLeaseResponse{Acquired: true, Lease: lease}, nil
 }
 
@@ -191,7 +230,9 @@ func (s *Service) notAcquired(ctx context.Context, r ref, held *capstanv1.Lease,
 	return &capstanv1.AcquireLeaseResponse{Acquired: false, Lease: held}, nil
 }
 
-// Renew extends the holding's etcd lease and records the renewal.
+// Renew extends the holding's etcd lease and records the renewal. The
+// record is a read-modify-write of the Lease conditional on its version, so
+// that it never writes over what a session recorded meanwhile.
 func (s *Service) Renew(ctx context.Context, req *capstanv1.RenewLeaseRequest) (*capstanv1.RenewLeaseResponse, error) {
 	r, err := s.checkRef(req.GetNamespace(), req.GetName(), req.GetHolderIdentity())
 	if err != nil {
@@ -208,23 +249,32 @@ func (s *Service) Renew(ctx context.Context, req *capstanv1.RenewLeaseRequest) (
 		}
 		return nil, storageError(err)
 	}
-	held.Status.RenewTime = timestamppb.New(s.now())
-	data, err := proto.Marshal(held)
-	if err != nil {
-		return nil, apierrors.Internal("encode lease: %v", err)
+	for attempt := 1; ; attempt++ {
+		held.Status.RenewTime = timestamppb.New(s.now())
+		data, err := proto.Marshal(held)
+		if err != nil {
+			return nil, apierrors.Internal("encode lease: %v", err)
+		}
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(r.key()), "=", req.GetEpoch()),
+				clientv3.Compare(clientv3.ModRevision(r.key()), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(r.key(), string(data), clientv3.WithIgnoreLease())).
+			Commit()
+		if err != nil {
+			return nil, storageError(err)
+		}
+		if resp.Succeeded {
+			held.Metadata.ResourceVersion = resp.Header.Revision
+			return &capstanv1.RenewLeaseResponse{Lease: held}, nil
+		}
+		if attempt == maxRaceAttempts {
+			return nil, apierrors.Conflict("Lease", r.namespace, r.name, "the lease kept changing while its renewal was recorded")
+		}
+		// A session was recorded (or another renewal) since the read.
+		if kv, held, err = s.held(ctx, r, req.GetEpoch()); err != nil {
+			return nil, err
+		}
 	}
-	resp, err := s.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(r.key()), "=", req.GetEpoch())).
-		Then(clientv3.OpPut(r.key(), string(data), clientv3.WithIgnoreLease())).
-		Commit()
-	if err != nil {
-		return nil, storageError(err)
-	}
-	if !resp.Succeeded {
-		return nil, apierrors.LeaseNotHeld(r.namespace, r.name, req.GetEpoch())
-	}
-	held.Metadata.ResourceVersion = resp.Header.Revision
-	return &capstanv1.RenewLeaseResponse{Lease: held}, nil
 }
 
 // Release deletes the holding's key and revokes its etcd lease.
@@ -234,13 +284,17 @@ func (s *Service) Release(ctx context.Context, req *capstanv1.ReleaseLeaseReques
 		return nil, err
 	}
 	ctx = clientv3.WithRequireLeader(ctx)
-	kv, _, err := s.held(ctx, r, req.GetEpoch())
+	kv, held, err := s.held(ctx, r, req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	ended, err := s.endedHistory(ctx, r, endedReleased)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(r.key()), "=", req.GetEpoch())).
-		Then(clientv3.OpDelete(r.key())).
+		Then(clientv3.OpDelete(r.key()), clientv3.OpDelete(r.sessionKey()), ended).
 		Commit()
 	if err != nil {
 		return nil, storageError(err)
@@ -250,6 +304,7 @@ func (s *Service) Release(ctx context.Context, req *capstanv1.ReleaseLeaseReques
 	}
 	s.revoke(clientv3.LeaseID(kv.Lease))
 	s.log.Info("lease released", "lease", r.namespace+"/"+r.name, "holder", r.holder, "epoch", req.GetEpoch())
+	s.event(ctx, held, wellknown.EventNormal, ReasonReleased, fmt.Sprintf("%s released the lease at epoch %d", r.holder, req.GetEpoch()))
 	return &capstanv1.ReleaseLeaseResponse{}, nil
 }
 
