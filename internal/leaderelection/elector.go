@@ -19,6 +19,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
@@ -27,7 +28,7 @@ import (
 const (
 	// DefaultTTL is the lease duration of the controller-manager and the
 	// scheduler: a killed leader is replaced within about this long.
-	DefaultTTL = 3 * time.Second
+	DefaultTTL = 6 * time.Second
 	// MinTTL is the shortest lease etcd grants with its default tick.
 	MinTTL = 2 * time.Second
 	// DefaultReleaseWait bounds the wait for OnStartedLeading to return on
@@ -36,15 +37,19 @@ const (
 )
 
 // Timings derived from the TTL. They are fractions so that a shorter TTL in
-// a test keeps the same proportions.
+// a test keeps the same proportions; with the default TTL of 6 s the leader
+// renews every second, bounds each attempt to a second, and stops acting 5 s
+// after its last successful renewal was sent: four seconds of failed
+// renewals — an etcd leader election (an election timeout of 1 s plus a
+// campaign) and the move to another API replica after one frozen attempt —
+// cost it nothing (ADR 0006).
 const (
-	// renewDivisor: the leader renews every TTL/renewDivisor, so two
-	// renewals may fail before the third still lands in time.
-	renewDivisor = 3
+	// renewDivisor: the leader renews every TTL/renewDivisor.
+	renewDivisor = 6
 	// marginDivisor: the leader stops acting TTL/marginDivisor before the
 	// earliest instant etcd could expire its lease, which covers the time
 	// it takes to stop and any difference in clock rates.
-	marginDivisor = 5
+	marginDivisor = 6
 	// renewAttemptDivisor bounds one RenewLease call (TTL/6), so that a
 	// frozen API replica costs one short attempt and the next renewal goes
 	// elsewhere while there is still time.
@@ -96,9 +101,15 @@ type Config struct {
 	// a fake one. Default: the real clock.
 	Clock clock.WithTicker
 	// Registerer, if set, gets the capstan_leader and capstan_leader_epoch
-	// gauges of this lease.
+	// gauges and the capstan_lease_transitions_total counter of this lease.
 	Registerer prometheus.Registerer
+	// Events, if set, records a LeaseFenced event on the Lease when this
+	// replica is fenced off (the API server records the other transitions).
+	Events *events.Recorder
 }
+
+// ReasonFenced is the reason of the event of a leader fenced off.
+const ReasonFenced = "LeaseFenced"
 
 // Callbacks are what Run calls on transitions.
 type Callbacks struct {
@@ -169,8 +180,12 @@ type Elector struct {
 
 	leaderGauge prometheus.Gauge
 	epochGauge  prometheus.Gauge
+	// transitions counts this replica's leaderships by how they began or
+	// ended (acquired, released, fenced, gave-up).
+	transitions *prometheus.CounterVec
 
 	// Touched only by Run's goroutine.
+	events           *events.Recorder
 	callbacks        Callbacks
 	observedIdentity string
 	observedEpoch    int64
@@ -223,6 +238,7 @@ func New(cfg Config) (*Elector, error) {
 		namespace:     cfg.Namespace,
 		name:          cfg.Name,
 		identity:      HolderIdentity(cfg.Identity),
+		events:        cfg.Events,
 		ttl:           cfg.TTL,
 		releaseWait:   cfg.ReleaseWait,
 		log:           cfg.Logger.With("lease", lease),
@@ -241,8 +257,13 @@ func New(cfg Config) (*Elector, error) {
 			ConstLabels: prometheus.Labels{"lease": lease},
 		}),
 	}
+	e.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "capstan_lease_transitions_total",
+		Help:        "This replica's leaderships by how they began or ended: acquired, released (a clean stop), fenced (the API refused its epoch), gave-up (no renewal succeeded in time).",
+		ConstLabels: prometheus.Labels{"lease": lease},
+	}, []string{"reason"})
 	if cfg.Registerer != nil {
-		for _, g := range []prometheus.Collector{e.leaderGauge, e.epochGauge} {
+		for _, g := range []prometheus.Collector{e.leaderGauge, e.epochGauge, e.transitions} {
 			if err := cfg.Registerer.Register(g); err != nil {
 				return nil, fmt.Errorf("leaderelection: register the metrics of lease %s: %w", lease, err)
 			}
@@ -476,6 +497,19 @@ func (e *Elector) lead(ctx context.Context, h holding) (pause time.Duration) {
 		defer close(renewDone)
 		e.renewLoop(leadCtx, h, renewals)
 	}()
+	// The session outlives the leadership's context: it is closed cleanly
+	// once the lease is released (or lost), never cancelled by it, since an
+	// API replica takes a session cancelled without a word for this
+	// process's death and releases the lease.
+	sessionCtx, endSession := context.WithCancel(context.WithoutCancel(ctx))
+	defer endSession()
+	sessionDone := make(chan struct{})
+	go func() {
+		defer close(sessionDone)
+		KeepSession(sessionCtx, e.client, Holding{Namespace: e.namespace, Name: e.name, Holder: e.identity, Epoch: h.epoch},
+			e.log.With("subsystem", "lease-session"))
+	}()
+	e.transitions.WithLabelValues("acquired").Inc()
 
 	deadline := h.sent.Add(e.ttl - e.margin)
 	timer := e.clock.NewTimer(deadline.Sub(e.clock.Now()))
@@ -486,15 +520,16 @@ func (e *Elector) lead(ctx context.Context, h holding) (pause time.Duration) {
 	// hands over sooner than its expiry would.
 	mayStillHold := true
 	shutdown := false
+	transition := "gave-up"
 wait:
 	for {
 		select {
 		case <-leadCtx.Done():
 			cause = context.Cause(leadCtx)
 			if errors.Is(cause, errFencedOff) {
-				reason, mayStillHold = "a fenced call was refused with LEASE_NOT_HELD", false
+				reason, mayStillHold, transition = "a fenced call was refused with LEASE_NOT_HELD", false, "fenced"
 			} else {
-				reason, shutdown = "shutting down", true
+				reason, shutdown, transition = "shutting down", true, "released"
 			}
 			break wait
 		case <-timer.C():
@@ -507,7 +542,7 @@ wait:
 				continue
 			}
 			if apierrors.Is(r.err, apierrors.ReasonLeaseNotHeld) {
-				reason, mayStillHold = "the renewal was refused with LEASE_NOT_HELD", false
+				reason, mayStillHold, transition = "the renewal was refused with LEASE_NOT_HELD", false, "fenced"
 				cause = r.err
 				break wait
 			}
@@ -531,6 +566,11 @@ wait:
 		logLevel = slog.LevelInfo
 	}
 	e.log.Log(context.Background(), logLevel, "stopped leading", "epoch", h.epoch, "reason", reason)
+	e.transitions.WithLabelValues(transition).Inc()
+	if transition == "fenced" {
+		e.events.Eventf(context.Background(), &capstanv1.Lease{Metadata: &capstanv1.ObjectMeta{Namespace: e.namespace, Name: e.name}},
+			wellknown.EventWarning, ReasonFenced, "%s was fenced off at epoch %d (%s): it stopped acting", e.identity, h.epoch, reason)
+	}
 	<-renewDone
 
 	if shutdown {
@@ -544,13 +584,19 @@ wait:
 		}
 		waitTimer.Stop()
 		e.release(ctx, h.epoch)
+		endSession()
 		<-callbackDone
 	} else {
+		if !mayStillHold {
+			endSession()
+		}
 		e.waitCallback(callbackDone)
 		if mayStillHold {
 			e.release(ctx, h.epoch)
 		}
 	}
+	endSession()
+	<-sessionDone
 	if e.callbacks.OnStoppedLeading != nil {
 		e.callbacks.OnStoppedLeading()
 	}

@@ -124,11 +124,23 @@ func (l *leadingNow) leave() { l.now.Add(-1) }
 // cancel is called). clk may be nil for the real clock.
 func startCandidate(t *testing.T, c *client.Client, identity string, clk *clocktesting.FakeClock, counter *leadingNow) *candidate {
 	t.Helper()
+	return startCandidateWith(t, c, identity, clk, counter, testTTL)
+}
+
+// startCandidateTTL runs an elector with a TTL of its own and the real
+// clock.
+func startCandidateTTL(t *testing.T, c *client.Client, identity string, ttl time.Duration) *candidate {
+	t.Helper()
+	return startCandidateWith(t, c, identity, nil, nil, ttl)
+}
+
+func startCandidateWith(t *testing.T, c *client.Client, identity string, clk *clocktesting.FakeClock, counter *leadingNow, ttl time.Duration) *candidate {
+	t.Helper()
 	cfg := leaderelection.Config{
 		Client:   c,
 		Name:     leaseName,
 		Identity: identity,
-		TTL:      testTTL,
+		TTL:      ttl,
 		Logger:   slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("identity", identity),
 	}
 	if clk != nil {
@@ -461,7 +473,7 @@ func TestLeaderStepsDownBeforeTTLWhenRenewalsFail(t *testing.T) {
 	}
 	// Step the clock up to the last instant before the deadline: the leader
 	// keeps acting while its renewals fail.
-	margin := testTTL / 5
+	margin := testTTL / 6 // marginDivisor
 	clk.Step(testTTL - margin - time.Millisecond)
 	poll.For(t, 10*time.Second, "a renewal attempt to fail and be retried", func(context.Context) error { return twoWaiters(clk) })
 	if leadCtx.Err() != nil {

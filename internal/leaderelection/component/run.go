@@ -14,7 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/leaderelection"
 	"github.com/capstan-dev/capstan/internal/logging"
 	"github.com/capstan-dev/capstan/internal/version"
@@ -26,6 +28,8 @@ const (
 	probeTimeout = 3 * time.Second
 	// httpStopTimeout bounds the HTTP server's graceful stop.
 	httpStopTimeout = 2 * time.Second
+	// eventFlushTimeout bounds writing the events still pending at exit.
+	eventFlushTimeout = 2 * time.Second
 )
 
 // Spec is what a binary tells Run about itself.
@@ -100,6 +104,13 @@ func Run(ctx context.Context, opts Options, spec Spec) error {
 	}
 	defer c.Close()
 
+	// Events of this replica's own lease transitions (fenced off).
+	leaseEvents := events.NewRecorder(c, &capstanv1.EventSource{Component: spec.Name, Host: opts.Identity}, logger.With("subsystem", "events"))
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), eventFlushTimeout)
+		defer cancel()
+		leaseEvents.Flush(flushCtx)
+	}()
 	elector, err := leaderelection.New(leaderelection.Config{
 		Client:     c,
 		Namespace:  namespace,
@@ -108,6 +119,7 @@ func Run(ctx context.Context, opts Options, spec Spec) error {
 		TTL:        opts.LeaseDuration,
 		Logger:     logger.With("subsystem", "leader-election"),
 		Registerer: registry,
+		Events:     leaseEvents,
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec.Name, err)
