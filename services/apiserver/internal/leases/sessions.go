@@ -47,6 +47,10 @@ const SessionPrefix = "/capstan-internal/lease-sessions/"
 // sessionOpenTimeout bounds recording a session.
 const sessionOpenTimeout = 5 * time.Second
 
+// closeAfterCancel is how long a cancelled session's handler waits for the
+// holder's close that may precede the cancellation.
+const closeAfterCancel = 200 * time.Millisecond
+
 // releaseOnLossTimeout bounds the release of a holding whose session was lost.
 const releaseOnLossTimeout = 5 * time.Second
 
@@ -94,7 +98,16 @@ func (s *Service) Hold(ss grpc.ServerStream) error {
 	select {
 	case why = <-ended:
 	case <-ctx.Done():
-		why = ctx.Err()
+		// The stream was cancelled, or this replica is stopping. A holder
+		// that closed its side just before cancelling (it gave up waiting
+		// for this replica) has its close queued first: look for it.
+		t := time.NewTimer(closeAfterCancel)
+		select {
+		case why = <-ended:
+		case <-t.C:
+			why = ctx.Err()
+		}
+		t.Stop()
 	}
 	switch {
 	case errors.Is(why, io.EOF):
