@@ -23,7 +23,9 @@
 //
 // # Writes
 //
-// The node lease is the heartbeat (renewed every LeaseDuration/3). The Node
+// The node lease is the heartbeat (renewed every LeaseDuration/3, a failed
+// renewal retried after LeaseDuration/30), with a session on one API
+// replica that releases it at once if the agent dies (runLease). The Node
 // status is written when it differs from the cached Node (ignoring condition
 // times), after every (re)acquisition of the lease — the controller may have
 // marked the node Ready=Unknown meanwhile — and otherwise once per
