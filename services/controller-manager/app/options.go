@@ -20,6 +20,7 @@ import (
 
 	"github.com/capstan-dev/capstan/internal/leaderelection/component"
 	"github.com/capstan-dev/capstan/internal/wellknown"
+	"github.com/capstan-dev/capstan/services/controller-manager/internal/nodelifecycle"
 )
 
 // Name is the component name: in every log line, the API client's user
@@ -56,8 +57,8 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Options:            component.DefaultOptions(wellknown.ControllerManagerLease, DefaultMetricsListen),
-		PodEvictionTimeout: 10 * time.Second,
-		NodeStartupGrace:   20 * time.Second,
+		PodEvictionTimeout: nodelifecycle.DefaultPodEvictionTimeout,
+		NodeStartupGrace:   nodelifecycle.DefaultStartupGrace,
 		Workers:            4,
 	}
 }

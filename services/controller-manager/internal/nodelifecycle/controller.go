@@ -71,7 +71,7 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultPodEvictionTimeout = 10 * time.Second
+	DefaultPodEvictionTimeout = 5 * time.Second
 	DefaultStartupGrace       = 20 * time.Second
 	DefaultMonitorPeriod      = time.Second
 )
