@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/apierrors"
 	"github.com/capstan-dev/capstan/internal/client"
+	"github.com/capstan-dev/capstan/internal/events"
 	"github.com/capstan-dev/capstan/internal/faultproxy"
 	"github.com/capstan-dev/capstan/internal/leaderelection"
 	"github.com/capstan-dev/capstan/internal/poll"
@@ -35,7 +37,10 @@ const testTTL = 2 * time.Second
 
 const leaseName = "test-component"
 
-var configMapKind = resource.MustLookup("ConfigMap")
+var (
+	configMapKind = resource.MustLookup("ConfigMap")
+	eventKind     = resource.MustLookup("Event")
+)
 
 func newClient(t *testing.T, endpoints []string) *client.Client {
 	t.Helper()
@@ -134,7 +139,7 @@ func startCandidateTTL(t *testing.T, c *client.Client, identity string, ttl time
 	return startCandidateWith(t, c, identity, nil, nil, ttl)
 }
 
-func startCandidateWith(t *testing.T, c *client.Client, identity string, clk *clocktesting.FakeClock, counter *leadingNow, ttl time.Duration) *candidate {
+func startCandidateWith(t *testing.T, c *client.Client, identity string, clk *clocktesting.FakeClock, counter *leadingNow, ttl time.Duration, configure ...func(*leaderelection.Config)) *candidate {
 	t.Helper()
 	cfg := leaderelection.Config{
 		Client:   c,
@@ -145,6 +150,9 @@ func startCandidateWith(t *testing.T, c *client.Client, identity string, clk *cl
 	}
 	if clk != nil {
 		cfg.Clock = clk
+	}
+	for _, f := range configure {
+		f(&cfg)
 	}
 	e, err := leaderelection.New(cfg)
 	if err != nil {
@@ -346,6 +354,11 @@ func TestMetrics(t *testing.T) {
 	if got := gauge(t, reg, "capstan_leader", lease); got != 0 {
 		t.Fatalf("capstan_leader = %v after stopping, want 0", got)
 	}
+	for reason, want := range map[string]float64{"acquired": 1, "released": 1} {
+		if got := transitions(t, reg, lease, reason); got != want {
+			t.Fatalf("capstan_lease_transitions_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
 	// A second elector for the same lease on the same registry is a
 	// configuration mistake New reports.
 	if _, err := leaderelection.New(leaderelection.Config{Client: newClient(t, api.Addrs()), Name: leaseName, Identity: "b", Registerer: reg}); err == nil {
@@ -373,6 +386,31 @@ func gauge(t *testing.T, reg *prometheus.Registry, name, lease string) float64 {
 		}
 	}
 	t.Fatalf("no gauge %s{lease=%q}", name, lease)
+	return 0
+}
+
+// transitions reads capstan_lease_transitions_total{lease, reason} from reg
+// (0 if the series does not exist yet).
+func transitions(t *testing.T, reg *prometheus.Registry, lease, reason string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "capstan_lease_transitions_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["lease"] == lease && labels["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
 	return 0
 }
 
@@ -410,7 +448,12 @@ func TestPausedLeaderIsFencedOff(t *testing.T) {
 	api := apiservertest.Start(t, 2)
 	ctx := testContext(t)
 	frozen := clocktesting.NewFakeClock(time.Now())
-	a := startCandidate(t, newClient(t, api.Addrs()), "paused", frozen, nil)
+	reg := prometheus.NewRegistry()
+	pausedClient := newClient(t, api.Addrs())
+	recorder := events.NewRecorder(pausedClient, &capstanv1.EventSource{Component: "leaderelection-test"}, nil)
+	a := startCandidateWith(t, pausedClient, "paused", frozen, nil, testTTL, func(cfg *leaderelection.Config) {
+		cfg.Events, cfg.Registerer = recorder, reg
+	})
 	waitForLeader(t, a)
 	oldEpoch := a.elector.Epoch()
 	leadCtx := a.waitLeadership(t, 1)
@@ -446,6 +489,25 @@ func TestPausedLeaderIsFencedOff(t *testing.T) {
 		}
 		return nil
 	})
+	// The fencing is visible: a LeaseFenced event on the Lease and the
+	// transition counted.
+	lease := wellknown.SystemNamespace + "/" + leaseName
+	if got := transitions(t, reg, lease, "fenced"); got != 1 {
+		t.Fatalf("capstan_lease_transitions_total{reason=fenced} = %v, want 1", got)
+	}
+	if !recorder.Flush(ctx) {
+		t.Fatal("the event recorder did not flush")
+	}
+	list, err := writer.List(ctx, eventKind, client.ListOptions{Namespace: wellknown.SystemNamespace})
+	if err != nil {
+		t.Fatalf("list events: %v", err)
+	}
+	if !slices.ContainsFunc(list.Items, func(o resource.Object) bool {
+		ev := o.(*capstanv1.Event)
+		return ev.GetReason() == leaderelection.ReasonFenced && ev.GetInvolvedObject().GetKind() == "Lease" && ev.GetInvolvedObject().GetName() == leaseName
+	}) {
+		t.Fatalf("no %s event on Lease %s among %d events", leaderelection.ReasonFenced, lease, len(list.Items))
+	}
 
 	// It is a candidate again: when the new leader stops, it leads.
 	b.stop()
