@@ -246,9 +246,13 @@ func (s *Server) Abort() {
 // is going.
 func (s *Server) Stopping() bool { return s.stopping.Load() }
 
-// PausedSince reports whether the process was seen frozen (see pauseWatch)
-// at or after t: what a handler saw of its caller since t may be stale.
-func (s *Server) PausedSince(t time.Time) bool { return s.pauses.pausedSince(t) }
+// FrozenWithin reports whether the process was frozen (see pauseWatch)
+// within the last window, or is only just running again after a freeze the
+// watch has yet to notice: a connection a handler finds broken now may have
+// been given up by its caller because this process was frozen.
+func (s *Server) FrozenWithin(window time.Duration) bool {
+	return s.pauses.frozenWithin(time.Now(), window)
+}
 
 // recoverPanic turns a handler's panic into INTERNAL, with the stack in the
 // log rather than in the answer.

@@ -443,3 +443,31 @@ func TestPauseWatchSeesAGap(t *testing.T) {
 		t.Fatalf("cause %v, want a 2s pause", context.Cause(ctx))
 	}
 }
+
+// frozenWithin: a freeze noticed within the window counts, an older one
+// does not, and so does one the watch has yet to notice (it has not looked
+// at the clock for longer than the threshold: the process only just runs
+// again).
+func TestFrozenWithin(t *testing.T) {
+	w := newPauseWatch(100*time.Millisecond, time.Second, slog.New(slog.DiscardHandler))
+	now := time.Now()
+	if w.frozenWithin(now, 2*time.Second) {
+		t.Fatal("frozen with no freeze noticed and no watch running")
+	}
+	w.lastLook = now.Add(-50 * time.Millisecond)
+	if w.frozenWithin(now, 2*time.Second) {
+		t.Fatal("frozen while the watch looks regularly and noticed nothing")
+	}
+	w.lastNoticed = now.Add(-time.Second)
+	if !w.frozenWithin(now, 2*time.Second) {
+		t.Fatal("a freeze noticed 1s ago is not within 2s")
+	}
+	w.lastNoticed = now.Add(-3 * time.Second)
+	if w.frozenWithin(now, 2*time.Second) {
+		t.Fatal("a freeze noticed 3s ago counts within 2s")
+	}
+	w.lastLook = now.Add(-5 * time.Second)
+	if !w.frozenWithin(now, 2*time.Second) {
+		t.Fatal("the watch last looked 5s ago (a freeze it has yet to notice), but not frozen")
+	}
+}

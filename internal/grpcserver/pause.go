@@ -31,6 +31,9 @@ type pauseWatch struct {
 	calls map[*heldCall]struct{}
 	// lastNoticed is when the watch last noticed a freeze (zero: never).
 	lastNoticed time.Time
+	// lastLook is when the watch last looked at the clock (zero: it is not
+	// running).
+	lastLook time.Time
 }
 
 type heldCall struct{ cancel context.CancelCauseFunc }
@@ -67,6 +70,8 @@ func (w *pauseWatch) run(ctx context.Context, since func(time.Time) time.Duratio
 	ticker := time.NewTicker(w.interval)
 	defer ticker.Stop()
 	last := time.Now()
+	w.looked(last)
+	defer w.looked(time.Time{})
 	for {
 		select {
 		case <-ctx.Done():
@@ -78,7 +83,15 @@ func (w *pauseWatch) run(ctx context.Context, since func(time.Time) time.Duratio
 		if gap > w.threshold {
 			w.frozen(gap)
 		}
+		w.looked(last)
 	}
+}
+
+// looked records when the watch last looked at the clock.
+func (w *pauseWatch) looked(t time.Time) {
+	w.mu.Lock()
+	w.lastLook = t
+	w.mu.Unlock()
 }
 
 // frozen cancels every call held now: all were read before the freeze was
@@ -97,11 +110,16 @@ func (w *pauseWatch) frozen(gap time.Duration) {
 	}
 }
 
-// pausedSince reports whether a freeze was noticed at or after t. A freeze
-// is noticed after it ended, so one that began before t and was noticed
-// after counts too: what happened around t is suspect.
-func (w *pauseWatch) pausedSince(t time.Time) bool {
+// frozenWithin reports whether, as of now, the process was frozen within
+// the last window: a freeze was noticed no longer ago than that, or one is
+// ending right now — the watch has not looked at the clock for longer than
+// the threshold, so the process is only just running again and the watch
+// will notice the freeze at its next look.
+func (w *pauseWatch) frozenWithin(now time.Time, window time.Duration) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return !w.lastNoticed.IsZero() && !w.lastNoticed.Before(t)
+	if !w.lastNoticed.IsZero() && now.Sub(w.lastNoticed) <= window {
+		return true
+	}
+	return !w.lastLook.IsZero() && now.Sub(w.lastLook) > w.threshold
 }

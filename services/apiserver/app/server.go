@@ -208,11 +208,11 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		recorder.Flush(flushCtx)
 	})
 	leaseService := leases.New(client, leases.Options{
-		Logger:      logger.With("subsystem", "leases"),
-		Replica:     opts.Name,
-		Events:      recorder,
-		Stopping:    srv.Stopping,
-		PausedSince: srv.PausedSince,
+		Logger:       logger.With("subsystem", "leases"),
+		Replica:      opts.Name,
+		Events:       recorder,
+		Stopping:     srv.Stopping,
+		FrozenWithin: srv.FrozenWithin,
 	})
 	closeAPI, err := api.Register(srv, reg, leaseService)
 	if err != nil {

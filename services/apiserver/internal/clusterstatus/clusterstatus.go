@@ -297,6 +297,7 @@ func (s *Service) readState(ctx context.Context) clusterState {
 			Epoch:                kv.CreateRevision, // the epoch is the key's create revision
 			RenewTime:            l.GetStatus().GetRenewTime(),
 			LeaseDurationSeconds: l.GetSpec().GetLeaseDurationSeconds(),
+			SessionReplica:       l.GetStatus().GetSessionReplica(),
 		})
 	}
 	// Standbys: /capstan-internal/lease-candidates/<ns>/<name>/<identity>.

@@ -111,7 +111,7 @@ func TestClusterStatus(t *testing.T) {
 	lease := &capstanv1.Lease{
 		Metadata: &capstanv1.ObjectMeta{Name: "scheduler", Namespace: LeaseNamespace},
 		Spec:     &capstanv1.LeaseSpec{HolderIdentity: "scheduler-2", LeaseDurationSeconds: 3},
-		Status:   &capstanv1.LeaseStatus{Epoch: 42, RenewTime: timestamppb.New(time.Unix(1700000000, 0))},
+		Status:   &capstanv1.LeaseStatus{Epoch: 42, RenewTime: timestamppb.New(time.Unix(1700000000, 0)), SessionReplica: "b"},
 	}
 	value, err := proto.Marshal(lease)
 	if err != nil {
@@ -163,7 +163,7 @@ func TestClusterStatus(t *testing.T) {
 	}
 	want := &capstanv1.ComponentLease{
 		Name: "scheduler", Namespace: LeaseNamespace, HolderIdentity: "scheduler-2",
-		Epoch: epoch, RenewTime: lease.Status.RenewTime, LeaseDurationSeconds: 3,
+		Epoch: epoch, RenewTime: lease.Status.RenewTime, LeaseDurationSeconds: 3, SessionReplica: "b",
 	}
 	if len(resp.GetLeases()) != 1 || !proto.Equal(resp.GetLeases()[0], want) {
 		t.Errorf("leases = %v, want [%v]", resp.GetLeases(), want)

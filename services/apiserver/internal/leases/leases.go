@@ -81,10 +81,11 @@ type Options struct {
 	// Stopping reports whether this replica is stopping: a session that
 	// ends then was ended by the replica, not by its holder. Default: never.
 	Stopping func() bool
-	// PausedSince reports whether this replica was seen frozen since a
-	// time: a session that ends after a freeze may have been given up by a
-	// holder that is alive. Default: never.
-	PausedSince func(time.Time) bool
+	// FrozenWithin reports whether this replica was frozen within the
+	// last window (or is only just running again): a session found ended
+	// right after a freeze may have been given up by a holder that is
+	// alive. Default: never.
+	FrozenWithin func(window time.Duration) bool
 }
 
 // Service implements the lease methods of LeaseService.
@@ -103,8 +104,8 @@ func New(client *clientv3.Client, opts Options) *Service {
 	if opts.Stopping == nil {
 		opts.Stopping = func() bool { return false }
 	}
-	if opts.PausedSince == nil {
-		opts.PausedSince = func(time.Time) bool { return false }
+	if opts.FrozenWithin == nil {
+		opts.FrozenWithin = func(time.Duration) bool { return false }
 	}
 	return &Service{client: client, log: opts.Logger, now: time.Now, opts: opts}
 }

@@ -51,6 +51,13 @@ const sessionOpenTimeout = 5 * time.Second
 // holder's close that may precede the cancellation.
 const closeAfterCancel = 200 * time.Millisecond
 
+// frozenWindow: a session found ended within this long after this replica
+// was frozen says nothing about its holder — the holder's client may have
+// closed the connection to the frozen replica (its keep-alive gave up), and
+// the replica, running again, reads that close at once. A session whose
+// holder dies later, long after a freeze, is released as usual.
+const frozenWindow = 2 * time.Second
+
 // releaseOnLossTimeout bounds the release of a holding whose session was lost.
 const releaseOnLossTimeout = 5 * time.Second
 
@@ -70,7 +77,6 @@ func (s *Service) Hold(ss grpc.ServerStream) error {
 	if err != nil {
 		return err
 	}
-	began := time.Now()
 	openCtx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), sessionOpenTimeout)
 	session, err := s.openSession(openCtx, r, req.GetEpoch())
 	cancel()
@@ -115,8 +121,8 @@ func (s *Service) Hold(ss grpc.ServerStream) error {
 		return nil
 	case s.opts.Stopping():
 		return apierrors.ShuttingDown()
-	case s.opts.PausedSince(began):
-		log.Warn("this replica was frozen while it held a lease session: not taking the session's end for the holder's death")
+	case s.opts.FrozenWithin(frozenWindow):
+		log.Warn("this replica was frozen just before the lease session ended: not taking the session's end for the holder's death")
 		return apierrors.Paused(0)
 	}
 	releaseCtx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), releaseOnLossTimeout)
