@@ -52,11 +52,13 @@ const sessionOpenTimeout = 5 * time.Second
 const closeAfterCancel = 200 * time.Millisecond
 
 // frozenWindow: a session found ended within this long after this replica
-// was frozen says nothing about its holder — the holder's client may have
-// closed the connection to the frozen replica (its keep-alive gave up), and
-// the replica, running again, reads that close at once. A session whose
-// holder dies later, long after a freeze, is released as usual.
-const frozenWindow = 2 * time.Second
+// noticed it had been frozen, or while it is only just running again, says
+// nothing about its holder — the holder's client may have closed the
+// connection to the frozen replica (its keep-alive gave up), and the
+// replica, running again, reads that close within milliseconds, about when
+// its pause watch notices the freeze (within 100 ms). A session whose
+// holder dies later is released as usual.
+const frozenWindow = 500 * time.Millisecond
 
 // releaseOnLossTimeout bounds the release of a holding whose session was lost.
 const releaseOnLossTimeout = 5 * time.Second
@@ -101,9 +103,14 @@ func (s *Service) Hold(ss grpc.ServerStream) error {
 		}
 	}()
 	var why error
+	// Whether this replica was frozen just before it saw the session end is
+	// judged the moment it sees that, before anything else waits.
+	var frozen bool
 	select {
 	case why = <-ended:
+		frozen = s.opts.FrozenWithin(frozenWindow)
 	case <-ctx.Done():
+		frozen = s.opts.FrozenWithin(frozenWindow)
 		// The stream was cancelled, or this replica is stopping. A holder
 		// that closed its side just before cancelling (it gave up waiting
 		// for this replica) has its close queued first: look for it.
@@ -121,7 +128,7 @@ func (s *Service) Hold(ss grpc.ServerStream) error {
 		return nil
 	case s.opts.Stopping():
 		return apierrors.ShuttingDown()
-	case s.opts.FrozenWithin(frozenWindow):
+	case frozen || s.opts.FrozenWithin(frozenWindow):
 		log.Warn("this replica was frozen just before the lease session ended: not taking the session's end for the holder's death")
 		return apierrors.Paused(0)
 	}
