@@ -395,9 +395,13 @@ type ComponentLease struct {
 	// Lease duration in seconds.
 	LeaseDurationSeconds int32 `protobuf:"varint,6,opt,name=lease_duration_seconds,json=leaseDurationSeconds,proto3" json:"lease_duration_seconds,omitempty"`
 	// Identities of standbys seen (candidates waiting for the lease).
-	Standbys      []string `protobuf:"bytes,7,rep,name=standbys,proto3" json:"standbys,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Standbys []string `protobuf:"bytes,7,rep,name=standbys,proto3" json:"standbys,omitempty"`
+	// The API replica that holds the holder's session (LeaseService/HoldLease):
+	// if the holder dies, that replica releases the lease at once. Empty if the
+	// holder keeps no session, or nobody leads.
+	SessionReplica string `protobuf:"bytes,8,opt,name=session_replica,json=sessionReplica,proto3" json:"session_replica,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ComponentLease) Reset() {
@@ -479,6 +483,13 @@ func (x *ComponentLease) GetStandbys() []string {
 	return nil
 }
 
+func (x *ComponentLease) GetSessionReplica() string {
+	if x != nil {
+		return x.SessionReplica
+	}
+	return ""
+}
+
 var File_capstan_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_capstan_v1_cluster_proto_rawDesc = "" +
@@ -518,7 +529,7 @@ const file_capstan_v1_cluster_proto_rawDesc = "" +
 	"\x05error\x18\n" +
 	" \x01(\tR\x05error\x12\x18\n" +
 	"\aversion\x18\v \x01(\tR\aversion\x12\x18\n" +
-	"\alearner\x18\f \x01(\bR\alearner\"\x8e\x02\n" +
+	"\alearner\x18\f \x01(\bR\alearner\"\xb7\x02\n" +
 	"\x0eComponentLease\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -527,7 +538,8 @@ const file_capstan_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"renew_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewTime\x124\n" +
 	"\x16lease_duration_seconds\x18\x06 \x01(\x05R\x14leaseDurationSeconds\x12\x1a\n" +
-	"\bstandbys\x18\a \x03(\tR\bstandbys2o\n" +
+	"\bstandbys\x18\a \x03(\tR\bstandbys\x12'\n" +
+	"\x0fsession_replica\x18\b \x01(\tR\x0esessionReplica2o\n" +
 	"\x0eClusterService\x12]\n" +
 	"\x10GetClusterStatus\x12#.capstan.v1.GetClusterStatusRequest\x1a$.capstan.v1.GetClusterStatusResponseB9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
 

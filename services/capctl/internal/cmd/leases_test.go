@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 	"github.com/capstan-dev/capstan/services/apiserver/apiservertest"
@@ -50,6 +53,9 @@ func TestLeases(t *testing.T) {
 	acquire(t, api, wellknown.SystemNamespace, wellknown.ControllerManagerLease, "master-2", false)
 	sched := acquire(t, api, wellknown.SystemNamespace, wellknown.SchedulerLease, "master-2", true)
 	node := acquire(t, api, wellknown.NodeLeaseNamespace, "worker-1", "worker-1", true)
+	// The scheduler's holder keeps a session with the first replica; the
+	// controller-manager's keeps none.
+	session := holdSession(t, cluster.Addrs()[0], wellknown.SystemNamespace, wellknown.SchedulerLease, "master-2", sched.GetStatus().GetEpoch())
 
 	t.Run("get leases", func(t *testing.T) {
 		c := capctl{t: t, addrs: c.addrs}
@@ -63,20 +69,24 @@ func TestLeases(t *testing.T) {
 			"capstan-system controller-manager master-1 "+epoch(cm)+" ~",
 			"capstan-system scheduler master-2 "+epoch(sched)+" ~")
 		wantPattern(t, "get lease -o wide", squash(c.ok("", "get", "lease", "scheduler", "-n", wellknown.SystemNamespace, "-o", "wide")),
-			"NAME HOLDER EPOCH AGE DURATION RENEWED TRANSITIONS",
-			"scheduler master-2 "+epoch(sched)+" ~ 30s ~ 0")
+			"NAME HOLDER EPOCH AGE SESSION DURATION RENEWED TRANSITIONS",
+			"scheduler master-2 "+epoch(sched)+" ~ "+session+" 30s ~ 0")
+		wantPattern(t, "get leases -o wide", squash(c.ok("", "get", "leases", "-n", wellknown.SystemNamespace, "-o", "wide")),
+			"NAME HOLDER EPOCH AGE SESSION DURATION RENEWED TRANSITIONS",
+			"controller-manager master-1 "+epoch(cm)+" ~ <none> 30s ~ 0",
+			"scheduler master-2 "+epoch(sched)+" ~ "+session+" 30s ~ 0")
 		r := c.run("", "get", "leases")
 		if r.code != 0 || strings.TrimSpace(r.stderr) != "No resources found in default namespace." {
 			t.Errorf("get leases in the default namespace: %+v", r)
 		}
 	})
 
-	t.Run("cluster status shows holders, epochs and standbys", func(t *testing.T) {
+	t.Run("cluster status shows holders, epochs, sessions and standbys", func(t *testing.T) {
 		c := capctl{t: t, addrs: c.addrs}
 		wantPattern(t, "LEASES", strings.Join(leasesSection(t, c.ok("", "cluster", "status")), "\n"),
-			"LEASE HOLDER EPOCH RENEWED DURATION STANDBYS",
-			"controller-manager master-1 "+epoch(cm)+" ~ 30s master-2,master-3",
-			"scheduler master-2 "+epoch(sched)+" ~ 30s <none>")
+			"LEASE HOLDER EPOCH SESSION RENEWED DURATION STANDBYS",
+			"controller-manager master-1 "+epoch(cm)+" <none> ~ 30s master-2,master-3",
+			"scheduler master-2 "+epoch(sched)+" "+session+" ~ 30s <none>")
 
 		// The leader steps down: the lease is nobody's, its standbys wait.
 		if _, err := api.Leases().ReleaseLease(ctx, &capstanv1.ReleaseLeaseRequest{Namespace: wellknown.SystemNamespace,
@@ -84,9 +94,9 @@ func TestLeases(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantPattern(t, "LEASES after the release", strings.Join(leasesSection(t, c.ok("", "cluster", "status")), "\n"),
-			"LEASE HOLDER EPOCH RENEWED DURATION STANDBYS",
-			"controller-manager <nobody> - - - master-2,master-3",
-			"scheduler master-2 "+epoch(sched)+" ~ 30s <none>")
+			"LEASE HOLDER EPOCH SESSION RENEWED DURATION STANDBYS",
+			"controller-manager <nobody> - - - - master-2,master-3",
+			"scheduler master-2 "+epoch(sched)+" "+session+" ~ 30s <none>")
 
 		// A standby takes over with a new, higher epoch and is no longer a standby.
 		next := acquire(t, api, wellknown.SystemNamespace, wellknown.ControllerManagerLease, "master-3", true)
@@ -94,12 +104,54 @@ func TestLeases(t *testing.T) {
 			t.Fatalf("new epoch %d is not above the old %d", next.GetStatus().GetEpoch(), cm.GetStatus().GetEpoch())
 		}
 		wantPattern(t, "LEASES after the takeover", strings.Join(leasesSection(t, c.ok("", "cluster", "status")), "\n"),
-			"LEASE HOLDER EPOCH RENEWED DURATION STANDBYS",
-			"controller-manager master-3 "+epoch(next)+" ~ 30s master-2",
-			"scheduler master-2 "+epoch(sched)+" ~ 30s <none>")
+			"LEASE HOLDER EPOCH SESSION RENEWED DURATION STANDBYS",
+			"controller-manager master-3 "+epoch(next)+" <none> ~ 30s master-2",
+			"scheduler master-2 "+epoch(sched)+" "+session+" ~ 30s <none>")
 		wantContains(t, "describe lease", squash(c.ok("", "describe", "lease/controller-manager", "-n", wellknown.SystemNamespace)),
-			"Holder: master-3\n", "Epoch: "+epoch(next)+"\n", "Transitions: 1\n")
+			"Holder: master-3\n", "Epoch: "+epoch(next)+"\n", "Session: <none>\n", "Transitions: 1\n")
+		wantContains(t, "describe lease", squash(c.ok("", "describe", "lease/scheduler", "-n", wellknown.SystemNamespace)),
+			"Holder: master-2\n", "Session: "+session+"\n")
 	})
+}
+
+// holdSession opens a HoldLease session of the holding through a
+// connection of its own to addr, as a lease holder keeps one, and returns
+// the name of the replica that holds it. When the test ends it closes the
+// session cleanly (which releases nothing) and waits for the replica to
+// acknowledge that.
+func holdSession(t *testing.T, addr, namespace, name, holder string, epoch int64) string {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+	stream, err := capstanv1.NewLeaseServiceClient(conn).HoldLease(ctx)
+	t.Cleanup(func() {
+		if stream != nil && stream.CloseSend() == nil {
+			for {
+				if _, err := stream.Recv(); err != nil {
+					break
+				}
+			}
+		}
+		cancel()
+		conn.Close()
+	})
+	if err != nil {
+		t.Fatalf("HoldLease: %v", err)
+	}
+	if err := stream.Send(&capstanv1.HoldLeaseRequest{Namespace: namespace, Name: name, HolderIdentity: holder, Epoch: epoch}); err != nil {
+		t.Fatalf("HoldLease: send: %v", err)
+	}
+	opened, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("HoldLease: %v", err)
+	}
+	if opened.GetReplica() == "" {
+		t.Fatalf("HoldLease answered %v: no replica", opened)
+	}
+	return opened.GetReplica()
 }
 
 func TestGetEvents(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 // ClusterStatus prints the control plane's state as four sections: the API
 // replicas (the one that answered marked), the etcd members (the raft
 // leader marked), quorum and revision, and the lease-gated components with
-// their leaders.
+// their leaders and the API replica that holds each leader's session.
 func ClusterStatus(out io.Writer, st *capstanv1.GetClusterStatusResponse, now time.Time) error {
 	// Each section is a block of tab-separated lines that tabwriter
 	// aligns on its own; the blank lines between them end the blocks.
@@ -71,19 +71,22 @@ func ClusterStatus(out io.Writer, st *capstanv1.GetClusterStatusResponse, now ti
 
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "LEASES")
-	fmt.Fprintln(tw, "LEASE\tHOLDER\tEPOCH\tRENEWED\tDURATION\tSTANDBYS")
+	fmt.Fprintln(tw, "LEASE\tHOLDER\tEPOCH\tSESSION\tRENEWED\tDURATION\tSTANDBYS")
 	for _, l := range sortedLeases(st.GetLeases()) {
 		// A lease nobody holds is listed for its standbys alone: it has no
-		// epoch, renewal or duration to show.
-		holder, epoch, renewed, duration := "<nobody>", "-", "-", "-"
+		// epoch, session, renewal or duration to show. A holder without a
+		// session (an older binary) shows <none>: its death is noticed only
+		// when its lease expires.
+		holder, epoch, session, renewed, duration := "<nobody>", "-", "-", "-", "-"
 		if l.GetHolderIdentity() != "" {
 			holder, epoch, renewed = cell(l.GetHolderIdentity()), strconv.FormatInt(l.GetEpoch(), 10), Ago(l.GetRenewTime(), now)
+			session = cell(l.GetSessionReplica())
 		}
 		if l.GetLeaseDurationSeconds() > 0 {
 			duration = fmt.Sprintf("%ds", l.GetLeaseDurationSeconds())
 		}
 		standbys := slices.Sorted(slices.Values(l.GetStandbys()))
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(l.GetName()), holder, epoch, renewed, duration, cell(strings.Join(standbys, ",")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(l.GetName()), holder, epoch, session, renewed, duration, cell(strings.Join(standbys, ",")))
 	}
 	if len(st.GetLeases()) == 0 {
 		fmt.Fprintln(tw, "(none: no lease-gated component has started)")

@@ -82,6 +82,10 @@ var kindColumns = map[string][]column{
 		{header: "HOLDER", value: lease(func(l *capstanv1.Lease, _ time.Time) string { return l.GetSpec().GetHolderIdentity() })},
 		{header: "EPOCH", value: lease(func(l *capstanv1.Lease, _ time.Time) string { return strconv.FormatInt(l.GetStatus().GetEpoch(), 10) })},
 		ageColumn,
+		// The API replica that holds the holder's session, which releases
+		// the lease the moment the holder dies. Wide: a default table of
+		// every namespace would no longer fit 80 columns.
+		{header: "SESSION", wide: true, value: lease(func(l *capstanv1.Lease, _ time.Time) string { return l.GetStatus().GetSessionReplica() })},
 		{header: "DURATION", wide: true, value: lease(func(l *capstanv1.Lease, _ time.Time) string {
 			return fmt.Sprintf("%ds", l.GetSpec().GetLeaseDurationSeconds())
 		})},

@@ -279,6 +279,7 @@ func (w *describeWriter) lease(l *capstanv1.Lease) {
 	spec, st := l.GetSpec(), l.GetStatus()
 	w.field(0, "Holder", orNone(spec.GetHolderIdentity()))
 	w.field(0, "Epoch", strconv.FormatInt(st.GetEpoch(), 10))
+	w.field(0, "Session", orNone(st.GetSessionReplica()))
 	w.field(0, "Duration", fmt.Sprintf("%ds", spec.GetLeaseDurationSeconds()))
 	w.field(0, "Acquired", w.timestampAgo(st.GetAcquireTime()))
 	w.field(0, "Renewed", w.timestampAgo(st.GetRenewTime()))

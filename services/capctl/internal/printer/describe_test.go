@@ -375,7 +375,7 @@ Events:  <none>
 			obj: &capstanv1.Lease{
 				Metadata: meta("capstan-system", "scheduler", 30*time.Second),
 				Spec:     &capstanv1.LeaseSpec{HolderIdentity: "master-2", LeaseDurationSeconds: 2},
-				Status:   &capstanv1.LeaseStatus{Epoch: 1042, AcquireTime: ago(30 * time.Second), RenewTime: ago(time.Second), LeaseTransitions: 3},
+				Status:   &capstanv1.LeaseStatus{Epoch: 1042, AcquireTime: ago(30 * time.Second), RenewTime: ago(time.Second), LeaseTransitions: 3, SessionReplica: "apiserver-2"},
 			},
 			rel: Related{NoEvents: true},
 			want: `
@@ -386,6 +386,7 @@ Annotations:        <none>
 CreationTimestamp:  Sun, 01 Jun 2025 11:59:30 +0000
 Holder:             master-2
 Epoch:              1042
+Session:            apiserver-2
 Duration:           2s
 Acquired:           Sun, 01 Jun 2025 11:59:30 +0000 (30s ago)
 Renewed:            Sun, 01 Jun 2025 11:59:59 +0000 (1s ago)

@@ -171,13 +171,27 @@ web    2/3     3            2           26h
 			objs: []resource.Object{
 				&capstanv1.Lease{Metadata: meta("capstan-system", "scheduler", 30*time.Second),
 					Spec:   &capstanv1.LeaseSpec{HolderIdentity: "master-2", LeaseDurationSeconds: 2},
-					Status: &capstanv1.LeaseStatus{Epoch: 1042, RenewTime: ago(300 * time.Millisecond), LeaseTransitions: 3}},
+					Status: &capstanv1.LeaseStatus{Epoch: 1042, RenewTime: ago(300 * time.Millisecond), LeaseTransitions: 3, SessionReplica: "apiserver-3"}},
 				&capstanv1.Lease{Metadata: meta("capstan-system", "free", time.Minute)},
 			},
 			want: `
-NAME        HOLDER     EPOCH   AGE   DURATION   RENEWED   TRANSITIONS
-scheduler   master-2   1042    30s   2s         0s ago    3
-free        <none>     0       60s   0s         never     0
+NAME        HOLDER     EPOCH   AGE   SESSION       DURATION   RENEWED   TRANSITIONS
+scheduler   master-2   1042    30s   apiserver-3   2s         0s ago    3
+free        <none>     0       60s   <none>        0s         never     0
+`,
+		},
+		{
+			// The session is a wide column: the default table stays narrow.
+			name: "leases without -o wide",
+			kind: "Lease",
+			objs: []resource.Object{
+				&capstanv1.Lease{Metadata: meta("capstan-node-lease", "node-1", 30*time.Second),
+					Spec:   &capstanv1.LeaseSpec{HolderIdentity: "node-1_9e3a77d0", LeaseDurationSeconds: 6},
+					Status: &capstanv1.LeaseStatus{Epoch: 77, SessionReplica: "apiserver-1"}},
+			},
+			want: `
+NAME     HOLDER            EPOCH   AGE
+node-1   node-1_9e3a77d0   77      30s
 `,
 		},
 		{
@@ -408,7 +422,8 @@ func TestClusterStatus(t *testing.T) {
 			// A lease known only from its standbys comes after the held
 			// ones from the server; the table sorts by name.
 			{Name: "scheduler", Namespace: "capstan-system", Standbys: []string{"master-3"}},
-			{Name: "controller-manager", Namespace: "capstan-system", HolderIdentity: "master-1", Epoch: 1001, RenewTime: ago(time.Second), LeaseDurationSeconds: 2, Standbys: []string{"master-3", "master-2"}},
+			{Name: "controller-manager", Namespace: "capstan-system", HolderIdentity: "master-1", Epoch: 1001, RenewTime: ago(time.Second), LeaseDurationSeconds: 2, Standbys: []string{"master-3", "master-2"}, SessionReplica: "master-2"},
+			// A holder that keeps no session.
 			{Name: "quiet", Namespace: "capstan-system", HolderIdentity: "master-2", Epoch: 7, RenewTime: ago(3 * time.Second), LeaseDurationSeconds: 15},
 		},
 	}
@@ -430,10 +445,10 @@ m3     fd422379fda50e48            0      0       0 B        NO        http://12
 QUORUM: yes   REVISION: 1234
 
 LEASES
-LEASE                HOLDER     EPOCH   RENEWED   DURATION   STANDBYS
-controller-manager   master-1   1001    1s ago    2s         master-2,master-3
-quiet                master-2   7       3s ago    15s        <none>
-scheduler            <nobody>   -       -         -          master-3
+LEASE                HOLDER     EPOCH   SESSION    RENEWED   DURATION   STANDBYS
+controller-manager   master-1   1001    master-2   1s ago    2s         master-2,master-3
+quiet                master-2   7       <none>     3s ago    15s        <none>
+scheduler            <nobody>   -       -          -         -          master-3
 etcd member m3: context deadline exceeded
 `
 	if diff := cmp.Diff(want, out.String()); diff != "" {
