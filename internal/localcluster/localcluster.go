@@ -522,6 +522,7 @@ func (c *Cluster) start(p *Process) (int, error) {
 	if err := cmd.Process.Release(); err != nil {
 		c.logger.Warn("release process handle", "process", p.Name, "pid", pid, "err", err)
 	}
+	waitExec(pid, p.Binary)
 	if err := writePidFile(c.paths.PidPath(p.Name), pid); err != nil {
 		// Without its pid file the process could never be found again.
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -638,6 +639,25 @@ func (c *Cluster) withLock(ctx context.Context, fn func() error) error {
 		}
 	}
 	return fn()
+}
+
+// execTimeout bounds waitExec: an exec completes in microseconds.
+const execTimeout = 2 * time.Second
+
+// waitExec waits until the process just started as pid shows binary as its
+// argv[0], or has ended. cmd.Start returns once the kernel has switched
+// the child to the new program, but a moment before it has laid out the
+// new program's arguments: in between, /proc/<pid>/cmdline is empty, and
+// isOurs would take a process that runs for one that has exited.
+func waitExec(pid int, binary string) {
+	deadline := time.Now().Add(execTimeout)
+	for !isOurs(pid, binary) && time.Now().Before(deadline) {
+		st, err := readProcStat("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil || st.dead() {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // isOurs reports whether pid is a live process running binary. A zombie is

@@ -609,3 +609,25 @@ func TestNodePortsSplit(t *testing.T) {
 		}
 	}
 }
+
+// TestStartedProcessRunsAtOnce: right after Start returns, the process is
+// running as far as every look at it can tell, although the kernel lays
+// out a new program's arguments a moment after the exec that Start waits
+// for (a look in between saw an empty /proc/<pid>/cmdline in about one
+// start of a hundred).
+func TestStartedProcessRunsAtOnce(t *testing.T) {
+	ctx := testContext(t)
+	c := newCluster(t, sleepProcess("s"))
+	for round := range 300 {
+		pid, err := c.Start(ctx, "s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.Pid("s"); err != nil || got != pid {
+			t.Fatalf("round %d: Pid right after Start = %d, %v; want %d", round, got, err, pid)
+		}
+		if err := c.Stop(ctx, "s", time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

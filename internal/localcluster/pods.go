@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -93,6 +94,42 @@ func PodProcesses(keep func(PodProcess) bool) []PodProcess {
 	return out
 }
 
+// PodsOf are the live processes of the pods the named node agent ran: those
+// whose uid has a directory in its runtime's state (see KillPods).
+func (c *Cluster) PodsOf(agent string) ([]PodProcess, error) {
+	p, err := c.process(agent)
+	if err != nil {
+		return nil, err
+	}
+	uids, err := c.podUIDs(p)
+	if err != nil || len(uids) == 0 {
+		return nil, err
+	}
+	return PodProcesses(func(p PodProcess) bool { return uids[p.PodUID] }), nil
+}
+
+// podUIDs are the uids of the pods the node agent p has state of; none for
+// a process of another binary.
+func (c *Cluster) podUIDs(p *Process) (map[string]bool, error) {
+	uids := map[string]bool{}
+	if filepath.Base(p.Binary) != NodeAgentBinary {
+		return uids, nil
+	}
+	entries, err := os.ReadDir(filepath.Join(c.paths.DataDir(p.Name), "runtime", "pods"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return uids, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("localcluster: pods of %s: %w", p.Name, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			uids[e.Name()] = true
+		}
+	}
+	return uids, nil
+}
+
 // KillPods SIGKILLs the processes of the pods the topology's node agents
 // ran: the workloads, which outlive their agents by design (Down leaves
 // them running, and the next agent on the same state adopts them). Call it
@@ -103,22 +140,13 @@ func PodProcesses(keep func(PodProcess) bool) []PodProcess {
 // gone, and returns how many it killed; one that survives is an error.
 func (c *Cluster) KillPods() (int, error) {
 	uids := map[string]bool{}
-	for _, p := range c.processes() {
-		if filepath.Base(p.Binary) != NodeAgentBinary {
-			continue
-		}
-		entries, err := os.ReadDir(filepath.Join(c.paths.DataDir(p.Name), "runtime", "pods"))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
+	procs := c.processes()
+	for i := range procs {
+		agentUIDs, err := c.podUIDs(&procs[i])
 		if err != nil {
-			return 0, fmt.Errorf("localcluster: pods of %s: %w", p.Name, err)
+			return 0, err
 		}
-		for _, e := range entries {
-			if e.IsDir() {
-				uids[e.Name()] = true
-			}
-		}
+		maps.Copy(uids, agentUIDs)
 	}
 	if len(uids) == 0 {
 		return 0, nil

@@ -325,18 +325,7 @@ func (l Layout) Topology() Topology {
 	}
 	servers := "--server=" + strings.Join(topo.APIAddresses(), ",")
 	component := func(binary string, i, httpPort int) Process {
-		name := fmt.Sprintf("%s-%d", binary, i+1)
-		p := Process{
-			Name:   name,
-			Binary: filepath.Join(binDir, binary),
-			Args:   []string{"--identity=" + name, servers, "--metrics-listen="},
-		}
-		if httpPort != 0 {
-			addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-			p.Args[2] = "--metrics-listen=" + addr
-			p.HealthURL = "http://" + addr + "/healthz"
-		}
-		return withArgs(p)
+		return withArgs(LeaseGated(binDir, binary, fmt.Sprintf("%s-%d", binary, i+1), topo.APIAddresses(), httpPort))
 	}
 	if !l.APIServersOnly {
 		for i, p := range l.Masters {
@@ -372,6 +361,27 @@ func (l Layout) Topology() Topology {
 		}))
 	}
 	return topo
+}
+
+// LeaseGated is the process of one replica of a lease-gated component
+// (ControllerManagerBinary, SchedulerBinary) as a Layout runs it: the binary
+// from binDir, the identity name (also the process's name), --server
+// listing servers, and /metrics and /healthz on 127.0.0.1:httpPort (none
+// for 0, and the process is then ready once it runs). A program adds one
+// with other servers — proxies in front of the API servers, say — through
+// Cluster.Add.
+func LeaseGated(binDir, binary, name string, servers []string, httpPort int) Process {
+	p := Process{
+		Name:   name,
+		Binary: filepath.Join(binDir, binary),
+		Args:   []string{"--identity=" + name, "--server=" + strings.Join(servers, ","), "--metrics-listen="},
+	}
+	if httpPort != 0 {
+		addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+		p.Args[2] = "--metrics-listen=" + addr
+		p.HealthURL = "http://" + addr + "/healthz"
+	}
+	return p
 }
 
 // absPath is path made absolute, or path itself in the unlikely case that
