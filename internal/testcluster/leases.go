@@ -25,7 +25,12 @@ type Holding struct {
 	Epoch  int64
 }
 
-func (h Holding) String() string { return fmt.Sprintf("%s at epoch %d", h.Holder, h.Epoch) }
+func (h Holding) String() string {
+	if h == (Holding{}) {
+		return "nobody"
+	}
+	return fmt.Sprintf("%s at epoch %d", h.Holder, h.Epoch)
+}
 
 // HoldingOf is the holding a Lease object records, its holder named by the
 // candidate's identity (the process name) without the nonce of the process
@@ -64,11 +69,12 @@ func (c *Cluster) CheckSettled(ctx context.Context, lease string) (Holding, erro
 	if err != nil {
 		return Holding{}, err
 	}
-	if !slices.Contains(c.candidates[lease], h.Holder) {
-		return Holding{}, fmt.Errorf("the lease is held by %v, not by one of %v", h, c.candidates[lease])
+	candidates := c.Candidates(lease)
+	if !slices.Contains(candidates, h.Holder) {
+		return Holding{}, fmt.Errorf("the lease is held by %v, not by one of %v", h, candidates)
 	}
 	for _, st := range c.lc.Status() {
-		if !st.Running || !slices.Contains(c.candidates[lease], st.Name) {
+		if !st.Running || !slices.Contains(candidates, st.Name) {
 			continue
 		}
 		hz, err := c.Health(ctx, st.Name)
@@ -106,7 +112,7 @@ func (c *Cluster) WaitTakeover(ctx context.Context, lease string, prev Holding, 
 		if err != nil {
 			return err
 		}
-		if h.Holder == prev.Holder || h.Epoch <= prev.Epoch || !slices.Contains(c.candidates[lease], h.Holder) {
+		if h.Holder == prev.Holder || h.Epoch <= prev.Epoch || !slices.Contains(c.Candidates(lease), h.Holder) {
 			return fmt.Errorf("the lease is held by %v", h)
 		}
 		got = h
@@ -176,7 +182,7 @@ var healthClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: tr
 
 // Health reads the named lease-gated component's /healthz.
 func (c *Cluster) Health(ctx context.Context, name string) (ComponentHealth, error) {
-	url := c.healthURLs[name]
+	url := c.healthURL(name)
 	if url == "" {
 		return ComponentHealth{}, fmt.Errorf("testcluster: %s has no health URL", name)
 	}

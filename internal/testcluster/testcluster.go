@@ -15,8 +15,14 @@
 // process name: stop (SIGTERM with grace), kill (SIGKILL, and wait until
 // gone), pause (SIGSTOP, and wait until every thread is stopped), resume,
 // restart, and restore everything (thaw all, start what is dead, wait
-// until ready). It reads what the lease-gated components say (their
-// leases, their /healthz) and waits for them to settle or to fail over.
+// until ready); a worker's death (its node agent and its pods' processes
+// at once); and runs of faults of API servers, one after the other, each
+// restored before the next (faultruns.go). It reads what the lease-gated
+// components say (their leases, their /healthz), waits for them to settle
+// or to fail over, and records every change of their leases' holdings
+// (holdings.go). A test can add a candidate of its own to a component,
+// with other API endpoints — proxies it can freeze — or arguments
+// (candidates.go).
 // Close stops every process it started by pid, and the pods of its node
 // agents, checks that nothing of the cluster still runs, and keeps the
 // logs and data when asked to or when that fails, saying where.
@@ -182,15 +188,21 @@ type Cluster struct {
 	apiServers []string
 	addrs      []string
 	etcdURLs   []string
-	candidates map[string][]string // by lease (= binary) name
-	healthURLs map[string]string   // by process name
 	nodeAgents []NodeAgent
 
 	// buildMu serialises Binary's builds.
 	buildMu sync.Mutex
 
-	mu    sync.Mutex
-	pools map[string]*Pool
+	mu sync.Mutex
+	// candidates are the candidates of each lease-gated component's lease,
+	// by lease (= binary) name: the layout's, then those StartCandidate
+	// added; healthURLs their /healthz, by process name.
+	candidates map[string][]string
+	healthURLs map[string]string
+	// extraCandidates are the lease of each candidate StartCandidate
+	// added, by name.
+	extraCandidates map[string]string
+	pools           map[string]*Pool
 	// ports are every port given to a process of the cluster, so that a
 	// pool started later never takes the port of one that is down.
 	ports map[int]bool
@@ -285,7 +297,7 @@ func start(ctx context.Context, cfg Config, dir, binDir string, attempt int, log
 	}
 	c := &Cluster{
 		cfg: cfg, dir: dir, binDir: binDir, lc: lc,
-		candidates: map[string][]string{}, healthURLs: map[string]string{},
+		candidates: map[string][]string{}, healthURLs: map[string]string{}, extraCandidates: map[string]string{},
 		pools: map[string]*Pool{}, ports: map[int]bool{},
 	}
 	for _, p := range layout.Masters {
@@ -347,7 +359,18 @@ func (c *Cluster) EtcdURLs() []string { return slices.Clone(c.etcdURLs) }
 // Candidates are the processes of a lease-gated component, by the name of
 // its lease (wellknown.ControllerManagerLease, wellknown.SchedulerLease):
 // controller-manager-1... Each one's identity is its process name.
-func (c *Cluster) Candidates(lease string) []string { return slices.Clone(c.candidates[lease]) }
+func (c *Cluster) Candidates(lease string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.candidates[lease])
+}
+
+// healthURL is the /healthz of the named candidate, "" if it has none.
+func (c *Cluster) healthURL(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.healthURLs[name]
+}
 
 // NodeAgents are the workers, in order.
 func (c *Cluster) NodeAgents() []NodeAgent { return slices.Clone(c.nodeAgents) }

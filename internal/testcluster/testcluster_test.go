@@ -62,7 +62,9 @@ func TestConfigIsChecked(t *testing.T) {
 // drives what the e2e tests and benchmarks use: a pod as a process on the
 // real worker and one on a hollow node, a pool added and removed at run
 // time, a frozen and a killed leader replaced, a clean SIGTERM, a restore,
-// and Close, after which nothing of the cluster runs.
+// a candidate added and removed at run time, a short run of API faults
+// with a log of the leases' holdings, a worker killed with its pod, and
+// Close, after which nothing of the cluster runs.
 func TestClusterOfRealProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a control plane of real processes")
@@ -273,6 +275,110 @@ func TestClusterOfRealProcesses(t *testing.T) {
 			t.Errorf("EtcdLeader: %d %v", i, err)
 		}
 		if err := c.Restart(ctx, "node-agent-1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("extra candidate", func(t *testing.T) {
+		ctx := t.Context()
+		lease := wellknown.SchedulerLease
+		const extra = "scheduler-extra"
+		err := c.StartCandidate(ctx, ExtraCandidate{Binary: localcluster.SchedulerBinary, Name: extra, Servers: c.APIAddresses()[2:]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(c.Candidates(lease), extra) || !slices.Contains(c.Processes(), extra) {
+			t.Fatalf("the extra candidate is not part of the cluster: candidates %v, processes %v", c.Candidates(lease), c.Processes())
+		}
+		for _, p := range c.lc.Topology().Processes {
+			if p.Name == extra && !slices.Contains(p.Args, "--server="+c.APIAddresses()[2]) {
+				t.Errorf("%s runs with %q, want its own --server", extra, p.Args)
+			}
+		}
+		// It stands by like the others: its /healthz names the holding.
+		if _, err := c.WaitSettled(ctx, lease, leaseTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.RemoveCandidate(ctx, extra); err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(c.Candidates(lease), extra) || slices.Contains(c.Processes(), extra) {
+			t.Errorf("the removed candidate is still part of the cluster: candidates %v, processes %v", c.Candidates(lease), c.Processes())
+		}
+		if err := c.RemoveCandidate(ctx, "scheduler-1"); err == nil {
+			t.Error("RemoveCandidate removed a candidate of the layout")
+		}
+	})
+
+	t.Run("API fault run", func(t *testing.T) {
+		ctx := t.Context()
+		leases := []string{wellknown.ControllerManagerLease, wellknown.SchedulerLease}
+		var settled []Holding
+		for _, lease := range leases {
+			h, err := c.WaitSettled(ctx, lease, leaseTimeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			settled = append(settled, h)
+		}
+		log, err := c.RecordHoldings(ctx, leases...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reported []APIFault
+		faults, err := c.RunAPIFaults(ctx, APIFaultRun{Faults: 3, Hold: 100 * time.Millisecond, Holdings: log, Done: func(f APIFault) error {
+			reported = append(reported, f)
+			return c.WaitReady(ctx)
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := log.Sync(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := log.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if len(faults) != 3 || len(reported) != 3 {
+			t.Fatalf("faults %v, reported %v: want the same 3", faults, reported)
+		}
+		// Each kind of fault in turn; the first and the third on the etcd
+		// leader, the second on another replica.
+		for i, f := range faults {
+			if f.N != i+1 || f.Fault != Faults[i] || f.EtcdLeader != (i != 1) || !slices.Contains(c.APIServers(), f.Replica) {
+				t.Errorf("fault %d: %+v", i+1, f)
+			}
+		}
+		moved := map[string]int{}
+		for _, f := range faults {
+			for lease, holdings := range f.Moved {
+				moved[lease] += len(holdings) - 1
+			}
+		}
+		for i, lease := range leases {
+			// Whether the faults moved a lease is the e2e tests' subject;
+			// the log starts with the holding of when it started, and the
+			// faults account for every change it saw.
+			if got := log.Holdings(lease); len(got) == 0 || got[0] != settled[i] || moved[lease] != log.Changes(lease) {
+				t.Errorf("the log of %s is %v, want it to start with %v; the faults moved it %d times", lease, got, settled[i], moved[lease])
+			}
+		}
+		t.Logf("holdings during the faults: %v", log)
+	})
+
+	t.Run("worker kill", func(t *testing.T) {
+		ctx := t.Context()
+		k, err := c.KillWorker(ctx, "node-agent-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Pods) != 1 || k.Groups != 1 || k.Pods[0].Alive() {
+			t.Errorf("KillWorker killed %v in %d groups, want the one process of the pod on-the-worker", k.Pods, k.Groups)
+		}
+		if _, err := c.Pid("node-agent-1"); !errors.Is(err, localcluster.ErrNotRunning) {
+			t.Errorf("node-agent-1 after KillWorker: %v", err)
+		}
+		if err := c.Restore(ctx); err != nil {
 			t.Fatal(err)
 		}
 	})
