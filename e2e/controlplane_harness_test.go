@@ -404,7 +404,11 @@ func (h *history) catchUp(t *testing.T, cl *client.Client, name string) {
 	t.Helper()
 	ctx, cancel := callCtx(t)
 	defer cancel()
-	meta := &capstanv1.ObjectMeta{Namespace: h.namespace, Name: name, Labels: map[string]string{sentinelLabel: "true"}}
+	namespace := h.namespace
+	if namespace == resource.AllNamespaces {
+		namespace = resource.DefaultNamespace
+	}
+	meta := &capstanv1.ObjectMeta{Namespace: namespace, Name: name, Labels: map[string]string{sentinelLabel: "true"}}
 	var obj resource.Object
 	switch h.kind {
 	case podKind:
@@ -416,7 +420,7 @@ func (h *history) catchUp(t *testing.T, cl *client.Client, name string) {
 	case eventKind:
 		obj = &capstanv1.Event{
 			Metadata:       meta,
-			InvolvedObject: &capstanv1.ObjectReference{Kind: "ConfigMap", Namespace: h.namespace, Name: name},
+			InvolvedObject: &capstanv1.ObjectReference{Kind: "ConfigMap", Namespace: namespace, Name: name},
 			Reason:         "E2ESentinel", Type: wellknown.EventNormal, Count: 1,
 			Source: &capstanv1.EventSource{Component: "e2e"},
 		}
@@ -425,11 +429,11 @@ func (h *history) catchUp(t *testing.T, cl *client.Client, name string) {
 	}
 	created, err := cl.Create(ctx, obj)
 	if err != nil {
-		t.Fatalf("create sentinel %s %s/%s: %v", h.kind.Name, h.namespace, name, err)
+		t.Fatalf("create sentinel %s %s/%s: %v", h.kind.Name, namespace, name, err)
 	}
 	h.waitThrough(t, created.GetMetadata().GetResourceVersion())
-	if _, err := cl.Delete(ctx, h.kind, h.namespace, name, nil, client.GracePeriod(0)); err != nil {
-		t.Fatalf("delete sentinel %s %s/%s: %v", h.kind.Name, h.namespace, name, err)
+	if _, err := cl.Delete(ctx, h.kind, namespace, name, nil, client.GracePeriod(0)); err != nil {
+		t.Fatalf("delete sentinel %s %s/%s: %v", h.kind.Name, namespace, name, err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/poll"
+	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
@@ -37,37 +38,62 @@ const (
 )
 
 // TestLeaseGatedComponentsFailOver proves, for the controller-manager and
-// then the scheduler, with the real processes:
+// then the scheduler, with the real processes, that each way a leader can
+// go hands the lease over to a standby at a higher epoch, and how the
+// holding ended (every lease transition is an Event on the Lease):
 //
-//   - SIGKILL of the leader (the lease holder): one of the standbys takes
-//     the lease over, at a higher epoch. Nothing releases the dead leader's
-//     lease: etcd expires it, and the standbys watch the key.
+//   - SIGKILL of the leader (the lease holder): the kernel closes its
+//     connections, and the API replica that holds its session releases
+//     the lease at once: a LeaseSessionLost event at the dead leader's
+//     epoch, no LeaseExpired, and the standby's LeaseAcquired at a higher
+//     epoch. (A dead process writes nothing: there is nothing to fence.)
 //   - SIGTERM of the next leader: it stops its work, releases its lease
-//     (its log says so, at its epoch) and exits with status 0; the last
-//     standby takes over at a higher epoch. That the release makes the
-//     takeover quicker than the TTL is a timing claim, not asserted here
-//     (hack/benchfailover measures it).
+//     (its log says so, at its epoch; a LeaseReleased event says so too)
+//     and exits with status 0; the last standby takes over at a higher
+//     epoch. That the release makes the takeover quicker than the TTL is
+//     a timing claim, not asserted here (hack/benchfailover measures it).
 //   - restoring the cluster restarts both stopped processes, and they
 //     stand by: the cluster status lists them as standbys of the lease,
 //     and their /healthz says that they do not lead and names the current
 //     holding.
+//   - SIGSTOP of the leader: its connections stay open, so its lease ends
+//     when etcd expires it (a LeaseExpired event naming it), and a standby
+//     takes over. Thawed, the old leader steps down and stands by, and it
+//     was fenced off: whatever it tried with its stale epoch changed
+//     nothing (checkFencedOff: no event it wrote landed after its holding
+//     ended, the new holding is untouched). TestFrozenControllerManager-
+//     IsFencedOff and TestFrozenSchedulerIsFencedOff freeze leaders in the
+//     middle of their work.
 func TestLeaseGatedComponentsFailOver(t *testing.T) {
 	c := sharedCluster(t)
 	c.restoreAfter(t)
+	cl := clientOf(t, c.addrs...)
+	w := witnesses{
+		// Leases' events are in the leases' namespace; the components'
+		// in their objects' namespaces.
+		events: recordHistory(t, cl, eventKind, resource.AllNamespaces),
+		leases: recordHistory(t, cl, leaseKind, wellknown.SystemNamespace),
+	}
 	for _, lease := range leaseGated {
 		t.Run(lease, func(t *testing.T) {
 			watch := startStopwatch(t)
 			killed := c.waitSettled(t, lease)
+			since := c.leaseRevision(t, lease)
 			watch.lap("settle")
 			c.kill(t, killed.Holder)
 			termed := c.waitTakeover(t, lease, killed)
 			watch.lap("SIGKILL and takeover")
 			t.Logf("SIGKILL to %v: %v took over", killed, termed)
+			waitLeaseEvent(t, w.events, lease, reasonLeaseAcquired, since, atEpoch(termed.Epoch))
+			waitLeaseEvent(t, w.events, lease, reasonLeaseSessionLost, since, atEpoch(killed.Epoch))
+			noLeaseEvents(t, w.events, lease, since, reasonLeaseExpired, reasonLeaseReleased)
+			watch.lap("events of the SIGKILL")
 
 			// SIGTERM once the last standby watches the new holding.
 			if settled := c.waitSettled(t, lease); settled != termed {
 				t.Fatalf("the lease moved on from %v to %v by itself", termed, settled)
 			}
+			since = c.leaseRevision(t, lease)
 			watch.lap("settle")
 			offset := c.logOffset(t, termed.Holder)
 			ws, err := c.Terminate(t.Context(), termed.Holder)
@@ -93,6 +119,9 @@ func TestLeaseGatedComponentsFailOver(t *testing.T) {
 			if _, ok := find(records, msgStopped, "epoch", ""); !ok {
 				t.Errorf("%s did not log %q; its log after SIGTERM:\n%s", termed.Holder, msgStopped, lines(records))
 			}
+			waitLeaseEvent(t, w.events, lease, reasonLeaseAcquired, since, atEpoch(last.Epoch))
+			waitLeaseEvent(t, w.events, lease, reasonLeaseReleased, since, atEpoch(termed.Epoch))
+			noLeaseEvents(t, w.events, lease, since, reasonLeaseExpired, reasonLeaseSessionLost)
 
 			c.restore(t)
 			watch.lap("restart")
@@ -120,6 +149,19 @@ func TestLeaseGatedComponentsFailOver(t *testing.T) {
 				return nil
 			})
 			watch.lap("stand by")
+
+			frozen := c.waitSettled(t, lease)
+			since = c.leaseRevision(t, lease)
+			offset = c.logOffset(t, frozen.Holder)
+			c.pause(t, frozen.Holder)
+			next := c.waitTakeover(t, lease, frozen)
+			watch.lap("SIGSTOP and takeover")
+			t.Logf("SIGSTOP to %v: %v took over", frozen, next)
+			waitLeaseEvent(t, w.events, lease, reasonLeaseAcquired, since, atEpoch(next.Epoch))
+			waitLeaseEvent(t, w.events, lease, reasonLeaseExpired, since, namesHolder(frozen.Holder))
+			noLeaseEvents(t, w.events, lease, since, reasonLeaseReleased, reasonLeaseSessionLost)
+			c.thawFencedOff(t, cl, frozenLeader{lease: lease, old: frozen, next: next, offset: offset}, w, "sentinel-failover-"+lease)
+			watch.lap("thaw, step down and fencing checks")
 		})
 	}
 }
@@ -242,8 +284,19 @@ func TestFrozenControllerManagerIsFencedOff(t *testing.T) {
 	c.thawFencedOff(t, cl, frozenLeader{lease: lease, old: old, next: next, offset: offset}, w, "sentinel-frozen-cm")
 	watch.lap("thaw, step down and fencing checks")
 
-	// At every moment, no more active pods than the replicas asked for.
-	replicasAt := replicasTimeline(replicaSets.record(), name)
+	checkNoExcessPods(t, pods, replicaSets, rs)
+	if p := active(); len(p) != final {
+		t.Errorf("%d active pods at the end, want %d: %s", len(p), final, describePods(p))
+	}
+}
+
+// checkNoExcessPods fails t for every moment, in the histories of pods and
+// of ReplicaSets, at which the ReplicaSet rs had more active pods than the
+// replicas it asked for at that moment.
+func checkNoExcessPods(t *testing.T, pods, replicaSets *history, rs *capstanv1.ReplicaSet) {
+	t.Helper()
+	uid := rs.GetMetadata().GetUid()
+	replicasAt := replicasTimeline(replicaSets.record(), rs.GetMetadata().GetName())
 	maxActive, moments := 0, 0
 	var excess []string
 	replayPods(pods.record(), func(rv int64, state map[string]*capstanv1.Pod) {
@@ -262,9 +315,6 @@ func TestFrozenControllerManagerIsFencedOff(t *testing.T) {
 	t.Logf("%d moments of the pods; at most %d active", moments, maxActive)
 	if len(excess) > 0 {
 		t.Errorf("more active pods than replicas at %d moments: %v", len(excess), excess)
-	}
-	if p := active(); len(p) != final {
-		t.Errorf("%d active pods at the end, want %d: %s", len(p), final, describePods(p))
 	}
 }
 
@@ -396,8 +446,8 @@ func checkNodeCapacity(t *testing.T, record []change, podsPerNode int) {
 }
 
 // witnesses are the independent histories that judge a frozen leader: the
-// pods and events of the test's namespace, and the leases of the system
-// namespace.
+// pods (if the test has some) and events of the test's namespace (or of
+// every namespace), and the leases of the system namespace.
 type witnesses struct {
 	pods, events, leases *history
 }
@@ -435,17 +485,29 @@ type frozenLeader struct {
 func (c *cluster) thawFencedOff(t *testing.T, cl *client.Client, f frozenLeader, w witnesses, sentinel string) []logRecord {
 	t.Helper()
 	c.resume(t, f.old.Holder)
+	return c.fencedOff(t, cl, f, w, sentinel)
+}
+
+// fencedOff waits until a leader that lost its lease while it could not
+// act — frozen, or cut off from the API servers — and can again has
+// stepped down and stands by (waitSteppedDown), brings the witnesses up to
+// now with a sentinel of that name, and checks that it was fenced off
+// (checkFencedOff). It returns what the old leader logged since offset.
+func (c *cluster) fencedOff(t *testing.T, cl *client.Client, f frozenLeader, w witnesses, sentinel string) []logRecord {
+	t.Helper()
 	records := c.waitSteppedDown(t, f.lease, f.old, f.next, f.offset)
-	w.pods.catchUp(t, cl, sentinel)
+	if w.pods != nil {
+		w.pods.catchUp(t, cl, sentinel)
+	}
 	w.events.catchUp(t, cl, sentinel)
 	c.checkFencedOff(t, f.lease, f.old, f.next, records, w.leases.record(), w.events.record())
 	return records
 }
 
-// waitSteppedDown waits, after SIGCONT, until the old leader has stepped
-// down and stands by — its /healthz says it does not lead and names the
-// new holding, and its log says its work stopped — and returns what it
-// logged since offset.
+// waitSteppedDown waits, once the old leader can act again (SIGCONT, or
+// the network back), until it has stepped down and stands by — its
+// /healthz says it does not lead and names the new holding, and its log
+// says its work stopped — and returns what it logged since offset.
 func (c *cluster) waitSteppedDown(t *testing.T, lease string, old, next testcluster.Holding, offset int64) []logRecord {
 	t.Helper()
 	var records []logRecord
@@ -474,8 +536,8 @@ func (c *cluster) waitSteppedDown(t *testing.T, lease string, old, next testclus
 	return records
 }
 
-// checkFencedOff checks what a leader that was frozen past its lease did
-// when it woke up: it stepped down at its old epoch; if it did so because
+// checkFencedOff checks what a leader that was frozen (or cut off from the
+// API servers) past its lease did when it could act again: it stepped down at its old epoch; if it did so because
 // its renewal deadline had passed, its release of the stale holding was
 // refused; the new holding is still there; and no event it wrote landed at
 // or after the revision at which its holding ended (every fenced write it
@@ -486,7 +548,7 @@ func (c *cluster) checkFencedOff(t *testing.T, lease string, old, next testclust
 	epoch := strconv.FormatInt(old.Epoch, 10)
 	stepDown, ok := find(records, msgStoppedLeading, "epoch", epoch)
 	if !ok {
-		t.Fatalf("%s did not log %q at epoch %s after SIGCONT:\n%s", old.Holder, msgStoppedLeading, epoch, lines(records))
+		t.Fatalf("%s did not log %q at epoch %s after it lost its lease:\n%s", old.Holder, msgStoppedLeading, epoch, lines(records))
 	}
 	// Each way of stepping down after the thaw makes a call with the stale
 	// token.
@@ -518,7 +580,7 @@ func (c *cluster) checkFencedOff(t *testing.T, lease string, old, next testclust
 		t.Errorf("%s stepped down for an unexpected reason: %s", old.Holder, stepDown["line"])
 	}
 	refused := containing(records, rejectedWrite)
-	t.Logf("%s logged %d fenced writes refused after SIGCONT (events it had queued, binds)", old.Holder, len(refused))
+	t.Logf("%s logged %d fenced writes refused after it lost its lease (events it had queued, binds)", old.Holder, len(refused))
 	for _, r := range refused[:min(len(refused), 3)] {
 		t.Logf("  %s", r["line"])
 	}
