@@ -104,7 +104,7 @@ bench: ## benchmarks only (PKGS, BENCH_TIME=1s, BENCH_FLAGS=...)
 BENCH_FAILOVER_TRIALS ?= 10
 BENCH_FAILOVER_FLAGS ?=
 .PHONY: bench-failover
-bench-failover: build ## failover times: SIGKILL/SIGTERM of the active controller-manager and scheduler (BENCH_FAILOVER_TRIALS=10)
+bench-failover: build ## failover: SIGKILL/SIGTERM/SIGSTOP of the active controller-manager and scheduler, 30 API-replica faults (lease transitions counted), a worker kill (BENCH_FAILOVER_TRIALS=10)
 	$(GO) run ./hack/benchfailover -bin-dir $(BIN_DIR) -trials $(BENCH_FAILOVER_TRIALS) $(BENCH_FAILOVER_FLAGS)
 
 .PHONY: bench-api

@@ -1,28 +1,54 @@
-// Command benchfailover measures how long Capstan's lease-gated components
-// take to fail over. It brings up a full local control plane of real
-// processes on free loopback ports (three API servers with embedded etcd,
-// three controller-managers, three schedulers), then,
-// for each component, runs -trials trials of SIGKILL and -trials of SIGTERM
-// of the active replica (the lease holder). Each trial measures, from the
-// signal, the time until the new leader's first committed write — its
-// AcquireLease, seen by a watch on the lease — and until its first write of
-// its own work, asked for right after the signal: for the controller-manager
-// a pod created by its ReplicaSet controller (the bench scales a ReplicaSet
-// up by one), for the scheduler a pod bound (the bench creates a pod). A
-// write at a revision above the new holding's epoch can only be the new
-// leader's: fencing refuses the old one's. The killed replica is started
-// again and the next trial waits until it stands by, and until the new
-// leader has led for -settle plus a random part of a renewal interval. It
-// prints min, p50, p99 and max in milliseconds per component and signal.
+// Command benchfailover measures what faults cost Capstan's lease-gated
+// components. It brings up a full local control plane of real processes on
+// free loopback ports (three API servers with embedded etcd, three
+// controller-managers, three schedulers, a pool of hollow nodes and, for
+// the worker kill, three real node agents) and runs three parts, each of
+// which can be left out:
 //
-// Two hollow nodes (the real node agent in --hollow-nodes mode, which
-// runs no processes) give the scheduler somewhere to bind. The cluster is
-// package testcluster's, and so are the waits on the leases.
+//   - Leader failover (-signals, -trials): for each component, -trials
+//     trials of each signal to the active replica (the lease holder):
+//     SIGKILL, SIGTERM and SIGSTOP. Each trial measures, from the signal,
+//     the time until the new leader's first committed write — its
+//     AcquireLease, seen by a watch on the lease — and until its first
+//     write of its own work, asked for right after the signal: for the
+//     controller-manager a pod created by its ReplicaSet controller (the
+//     bench scales a ReplicaSet up by one), for the scheduler a pod bound
+//     (the bench creates a pod). A write at a revision above the new
+//     holding's epoch can only be the new leader's: fencing refuses the
+//     old one's. A killed or stopped replica is started again; a frozen
+//     one is thawed once the new leader holds the lease, and must step
+//     down and stand by. The next trial waits until every candidate stands
+//     by, and until the new leader has led for -settle plus a random part
+//     of a renewal interval. It prints min, p50, p99 and max in
+//     milliseconds per component and signal.
+//   - API-fault run (-api-faults): faults of API server processes only —
+//     cycling SIGKILL, SIGTERM stop and SIGSTOP pause, every other one on
+//     the replica whose etcd member leads, each lasting -api-fault-hold
+//     and restored before the next (testcluster.RunAPIFaults) — while a
+//     watch of the components' leases records every change of holding (a
+//     new epoch, or a holding that ended). A dead or frozen API replica,
+//     or an etcd leader election, should cost a lease-gated component
+//     nothing: it prints "transitions: N in M faults" per component, and
+//     which faults moved a lease.
+//   - Worker kill (-worker-pods): a ReplicaSet of that many pods of
+//     /bin/sleep on the three real node agents; once they run, SIGKILL of
+//     the node agent with the most of them and of its pods' processes, and
+//     the time until their replacements run on the other nodes (package
+//     podtrack, as hack/benchpodstart measures it). The controller-manager
+//     gives every node --node-startup-grace after it becomes the leader,
+//     so the kill waits until its leader has led that long.
+//
+// The hollow nodes (the real node agent in --hollow-nodes mode, which runs
+// no processes) give the scheduler somewhere to bind the pods of the
+// failover trials. The cluster is package testcluster's, and so are the
+// waits on the leases and the faults.
 //
 // `make bench-failover` runs it. It is a benchmark, not a test: it asserts
 // nothing about the figures.
 //
-//	benchfailover [-trials 10] [-components controller-manager,scheduler] [-lease-duration 3s] [-bin-dir bin] [-keep-state]
+//	benchfailover [-trials 10] [-signals SIGKILL,SIGTERM,SIGSTOP] [-components controller-manager,scheduler]
+//	              [-api-faults 30] [-api-fault-hold 2s] [-worker-pods 12]
+//	              [-lease-duration 6s] [-bin-dir bin] [-keep-state] [-v]
 package main
 
 import (
@@ -44,6 +70,7 @@ import (
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/latency"
 	"github.com/capstan-dev/capstan/internal/localcluster"
+	"github.com/capstan-dev/capstan/internal/poll"
 	"github.com/capstan-dev/capstan/internal/resource"
 	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
@@ -54,9 +81,17 @@ import (
 const (
 	takeoverTimeout = 30 * time.Second
 	standbyTimeout  = 60 * time.Second
+	// workerKillTimeout bounds the wait for a dead worker's pods to run
+	// elsewhere, and readyTimeout every wait for processes and pods to
+	// be ready.
+	workerKillTimeout = 2 * time.Minute
+	readyTimeout      = 2 * time.Minute
 )
 
-var leaseKind = resource.MustLookup("Lease")
+var (
+	leaseKind = resource.MustLookup("Lease")
+	eventKind = resource.MustLookup("Event")
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -67,61 +102,118 @@ func main() {
 	}
 }
 
-func run(ctx context.Context) error {
-	trials := flag.Int("trials", 10, "trials per component and signal")
-	components := flag.String("components", localcluster.ControllerManagerBinary+","+localcluster.SchedulerBinary, "lease-gated components to fail over, comma-separated")
-	var program testcluster.ProgramFlags
-	program.AddFlags(flag.CommandLine)
-	leaseDuration := flag.Duration("lease-duration", 0, "--lease-duration of the controller-managers and schedulers (default: theirs, 3s)")
-	settle := flag.Duration("settle", time.Second, "how long a new leader leads before the next trial signals it, plus a random part of up to one renewal interval (1s), so that signals fall at every phase of the renewal cycle")
+// options are the bench's flags.
+type options struct {
+	program          testcluster.ProgramFlags
+	trials           int
+	components       []string
+	signals          []syscall.Signal
+	apiFaults        int
+	apiFaultHold     time.Duration
+	workerPods       int
+	leaseDuration    time.Duration
+	nodeStartupGrace time.Duration
+	settle           time.Duration
+}
+
+// signalNames are the signals a trial can send, by the names -signals takes.
+var signalNames = map[string]syscall.Signal{"SIGKILL": syscall.SIGKILL, "SIGTERM": syscall.SIGTERM, "SIGSTOP": syscall.SIGSTOP}
+
+func parseFlags() (options, error) {
+	var o options
+	flag.IntVar(&o.trials, "trials", 10, "trials per component and signal")
+	components := flag.String("components", localcluster.ControllerManagerBinary+","+localcluster.SchedulerBinary, "lease-gated components to fail over and to watch during the API-fault run, comma-separated")
+	signals := flag.String("signals", "SIGKILL,SIGTERM,SIGSTOP", "signals to send the leader in the failover trials, comma-separated (empty: no failover trials)")
+	flag.IntVar(&o.apiFaults, "api-faults", 30, "faults of API server processes in the API-fault run (0: no run)")
+	flag.DurationVar(&o.apiFaultHold, "api-fault-hold", 2*time.Second, "how long each fault of the API-fault run lasts (the replica dead or frozen) before it is restored")
+	flag.IntVar(&o.workerPods, "worker-pods", 12, "pods on the real node agents for the worker kill (0: no worker kill, and no real node agents)")
+	o.program.AddFlags(flag.CommandLine)
+	flag.DurationVar(&o.leaseDuration, "lease-duration", 0, "--lease-duration of the controller-managers and schedulers (default: theirs)")
+	flag.DurationVar(&o.nodeStartupGrace, "node-startup-grace", 20*time.Second, "--node-startup-grace of the controller-managers; the worker kill waits until their leader has led this long")
+	flag.DurationVar(&o.settle, "settle", time.Second, "how long a new leader leads before the next trial signals it, plus a random part of up to one renewal interval (1s), so that signals fall at every phase of the renewal cycle")
 	flag.Parse()
-	if *trials < 1 {
-		return fmt.Errorf("-trials must be at least 1, not %d", *trials)
+	switch {
+	case o.trials < 1:
+		return o, fmt.Errorf("-trials must be at least 1, not %d", o.trials)
+	case o.apiFaults < 0 || o.workerPods < 0:
+		return o, fmt.Errorf("-api-faults %d and -worker-pods %d must not be negative", o.apiFaults, o.workerPods)
+	case o.apiFaultHold < 0 || o.nodeStartupGrace <= 0:
+		return o, fmt.Errorf("-api-fault-hold %v must not be negative and -node-startup-grace %v must be positive", o.apiFaultHold, o.nodeStartupGrace)
 	}
-	var names []string
 	for _, name := range strings.Split(*components, ",") {
 		if name = strings.TrimSpace(name); name != "" {
 			if name != localcluster.ControllerManagerBinary && name != localcluster.SchedulerBinary {
-				return fmt.Errorf("-components: %q is not a lease-gated component (controller-manager, scheduler)", name)
+				return o, fmt.Errorf("-components: %q is not a lease-gated component (controller-manager, scheduler)", name)
 			}
-			names = append(names, name)
+			o.components = append(o.components, name)
 		}
 	}
-
-	var args map[string][]string
-	if *leaseDuration != 0 {
-		lease := "--lease-duration=" + leaseDuration.String()
-		args = map[string][]string{localcluster.ControllerManagerBinary: {lease}, localcluster.SchedulerBinary: {lease}}
+	for _, name := range strings.Split(*signals, ",") {
+		if name = strings.ToUpper(strings.TrimSpace(name)); name != "" {
+			sig, ok := signalNames[name]
+			if !ok {
+				return o, fmt.Errorf("-signals: %q is not one of SIGKILL, SIGTERM, SIGSTOP", name)
+			}
+			o.signals = append(o.signals, sig)
+		}
 	}
-	fmt.Fprintln(os.Stderr, "starting the control plane (3 API servers, 3 controller-managers, 3 schedulers) and 2 hollow nodes ...")
-	cluster, err := program.Start(ctx, testcluster.Config{
-		Name:         "benchfailover",
-		Args:         args,
-		HollowPools:  []testcluster.HollowPool{{Name: "bench-node", Nodes: benchNodes, CPU: "16", Memory: "64Gi"}},
-		ReadyTimeout: 2 * time.Minute,
+	return o, nil
+}
+
+// Labels that keep each part's pods on its own nodes: the failover trials'
+// on the hollow nodes, the worker kill's on the real node agents.
+const (
+	hollowLabel = "bench.capstan.dev/hollow"
+	workerLabel = "bench.capstan.dev/worker"
+)
+
+func run(ctx context.Context) error {
+	o, err := parseFlags()
+	if err != nil {
+		return err
+	}
+	args := map[string][]string{localcluster.ControllerManagerBinary: {"--node-startup-grace=" + o.nodeStartupGrace.String()}}
+	if o.leaseDuration != 0 {
+		lease := "--lease-duration=" + o.leaseDuration.String()
+		args[localcluster.ControllerManagerBinary] = append(args[localcluster.ControllerManagerBinary], lease)
+		args[localcluster.SchedulerBinary] = []string{lease}
+	}
+	workers := 0
+	if o.workerPods > 0 {
+		workers = 3
+		args[localcluster.NodeAgentBinary] = []string{"--labels=" + workerLabel + "=true"}
+	}
+	fmt.Fprintf(os.Stderr, "starting the control plane (3 API servers, 3 controller-managers, 3 schedulers), %d hollow nodes and %d node agents ...\n", benchNodes, workers)
+	cluster, err := o.program.Start(ctx, testcluster.Config{
+		Name:    "benchfailover",
+		Args:    args,
+		Workers: workers,
+		HollowPools: []testcluster.HollowPool{{Name: "bench-node", Nodes: benchNodes, CPU: "16", Memory: "64Gi",
+			Labels: map[string]string{hollowLabel: "true"}}},
+		ReadyTimeout: readyTimeout,
 	})
 	if err != nil {
 		return err
 	}
-	defer program.Close(cluster)
-	api, err := cluster.NewClient(client.Config{Logger: program.Logger()})
+	defer o.program.Close(cluster)
+	api, err := cluster.NewClient(client.Config{Logger: o.program.Logger()})
 	if err != nil {
 		return err
 	}
 	defer api.Close()
 
-	b := &bench{cluster: cluster, api: api, settle: *settle}
+	b := &bench{cluster: cluster, api: api, settle: o.settle}
 	if err := b.prepare(ctx); err != nil {
 		return err
 	}
 	var results []result
-	for _, name := range names {
-		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+	for _, name := range o.components {
+		for _, sig := range o.signals {
 			r := result{component: name, signal: sig, what: b.workloads[name].what}
-			for i := 1; i <= *trials; i++ {
+			for i := 1; i <= o.trials; i++ {
 				t, err := b.trial(ctx, name, sig)
 				if err != nil {
-					return fmt.Errorf("%s %v trial %d: %w", name, sig, i, err)
+					return fmt.Errorf("%s %v trial %d: %w", name, signalName(sig), i, err)
 				}
 				work := fmt.Sprintf("%.1f ms", latency.Ms(t.work))
 				if t.workNote != "" {
@@ -131,13 +223,29 @@ func run(ctx context.Context) error {
 					r.work = append(r.work, t.work)
 				}
 				fmt.Fprintf(os.Stderr, "%s %-7s trial %2d/%d: %s (epoch %d) -> %s (epoch %d): lease %.1f ms, %s %s\n",
-					name, signalName(sig), i, *trials, t.from, t.fromEpoch, t.to, t.toEpoch, latency.Ms(t.took), r.what, work)
+					name, signalName(sig), i, o.trials, t.from, t.fromEpoch, t.to, t.toEpoch, latency.Ms(t.took), r.what, work)
 				r.lease = append(r.lease, t.took)
 			}
 			results = append(results, r)
 		}
 	}
-	printResults(os.Stdout, results)
+	if len(results) > 0 {
+		printResults(os.Stdout, results)
+	}
+	if o.apiFaults > 0 {
+		run, err := b.apiFaultRun(ctx, o.components, o.apiFaults, o.apiFaultHold)
+		if err != nil {
+			return err
+		}
+		run.print(os.Stdout)
+	}
+	if o.workerPods > 0 {
+		res, err := b.workerKill(ctx, o.workerPods, o.nodeStartupGrace)
+		if err != nil {
+			return err
+		}
+		res.Print(os.Stdout, "worker kill", o.workerPods)
+	}
 	return nil
 }
 
@@ -159,6 +267,9 @@ const (
 	replicaSetLabel = "app=bench-failover"
 	scheduledLabel  = "app=bench-failover-sched"
 	benchNodes      = 2
+	// The worker kill's pods, in a namespace of their own.
+	workerNamespace  = "bench-failover-workers"
+	workerReplicaSet = "bench-workers"
 )
 
 var (
@@ -180,19 +291,27 @@ type workload struct {
 	done func(t capstanv1.WatchEventType, pod *capstanv1.Pod) bool
 }
 
+// podSpec is the spec of the bench's pods: a light process that requests
+// little, on the nodes with the label.
+func podSpec(label string) *capstanv1.PodSpec {
+	grace := int64(2)
+	return &capstanv1.PodSpec{
+		Containers: []*capstanv1.Container{{
+			Name:      "main",
+			Command:   []string{"/bin/sleep", "3600"},
+			Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
+		}},
+		NodeSelector:                  map[string]string{label: "true"},
+		TerminationGracePeriodSeconds: &grace,
+	}
+}
+
 // prepare creates what the workloads need: a ReplicaSet, scaled up by one
 // at each controller-manager trial; each scheduler trial creates a pod for
 // the scheduler to bind to a hollow node.
 func (b *bench) prepare(ctx context.Context) error {
-	podSpec := func() *capstanv1.PodSpec {
-		return &capstanv1.PodSpec{Containers: []*capstanv1.Container{{
-			Name:      "main",
-			Command:   []string{"/bin/sleep", "3600"},
-			Resources: &capstanv1.ResourceRequirements{Requests: map[string]string{"cpu": "10m", "memory": "16Mi"}},
-		}}}
-	}
 	// Its pods are labelled app=<its name>: replicaSetLabel.
-	if _, err := b.api.Create(ctx, testcluster.ReplicaSet(benchNamespace, replicaSetName, 0, podSpec())); err != nil {
+	if _, err := b.api.Create(ctx, testcluster.ReplicaSet(benchNamespace, replicaSetName, 0, podSpec(hollowLabel))); err != nil {
 		return fmt.Errorf("create the ReplicaSet: %w", err)
 	}
 	var podSeq int
@@ -213,7 +332,7 @@ func (b *bench) prepare(ctx context.Context) error {
 				name := fmt.Sprintf("bench-sched-%d", podSeq)
 				_, err := b.api.Create(ctx, &capstanv1.Pod{
 					Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: benchNamespace, Labels: map[string]string{"app": "bench-failover-sched"}},
-					Spec:     podSpec(),
+					Spec:     podSpec(hollowLabel),
 				})
 				return name, err
 			},
@@ -245,8 +364,8 @@ func (b *bench) scaleUp(ctx context.Context) error {
 	}
 }
 
-// renewInterval is about how often a leader renews (TTL/3: 1 s with the
-// default 3 s lease).
+// renewInterval is about how often a leader renews (1 s with the default
+// lease).
 const renewInterval = time.Second
 
 // trialResult is one failover.
@@ -265,7 +384,8 @@ type trialResult struct {
 
 // trial signals the leader of the component's lease and measures the time
 // until another candidate's holding is committed and until that leader's
-// first write of its own, then restarts the signalled process.
+// first write of its own; then it starts the signalled process again, or
+// thaws it (SIGSTOP) and waits until it has stepped down.
 func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal) (trialResult, error) {
 	settled, err := b.cluster.WaitSettled(ctx, component, standbyTimeout)
 	if err != nil {
@@ -367,11 +487,33 @@ func (b *bench) trial(ctx context.Context, component string, sig syscall.Signal)
 		res.workNote = fmt.Sprintf("the old leader did the %s (revision %d) before the new holding (revision %d)", w.what, workVersion, res.toEpoch)
 	}
 
+	if sig == syscall.SIGSTOP {
+		return res, b.thawSteppedDown(ctx, component, leader, testcluster.Holding{Holder: res.to, Epoch: res.toEpoch})
+	}
 	// The signalled process is gone, or on its way out: start it again.
 	if err := b.cluster.Start(ctx, leader); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// thawSteppedDown thaws the frozen old leader and waits until it has
+// stepped down: its /healthz says that it does not lead and names the new
+// holding.
+func (b *bench) thawSteppedDown(ctx context.Context, component, old string, next testcluster.Holding) error {
+	if err := b.cluster.Resume(old); err != nil {
+		return err
+	}
+	return poll.Until(ctx, standbyTimeout, fmt.Sprintf("the thawed %s to step down for %v", old, next), func(ctx context.Context) error {
+		hz, err := b.cluster.Health(ctx, old)
+		if err != nil {
+			return err
+		}
+		if hz.Leading || hz.Leader != next.Holder || hz.LeaderEpoch != next.Epoch {
+			return fmt.Errorf("%s reports %+v", old, hz)
+		}
+		return nil
+	})
 }
 
 // result is the samples of one component and signal.
@@ -421,6 +563,8 @@ func signalName(sig syscall.Signal) string {
 		return "SIGKILL"
 	case syscall.SIGTERM:
 		return "SIGTERM"
+	case syscall.SIGSTOP:
+		return "SIGSTOP"
 	}
 	return sig.String()
 }
