@@ -51,7 +51,8 @@ const (
 // too, each lasting a couple of seconds and restored before the next
 // (testcluster.RunAPIFaults) — while a watch of the controller-manager's
 // and the scheduler's leases records every change of holding. Neither
-// lease changes epoch, and afterwards both components still lead and work:
+// lease changes epoch, no node stops being Ready (their node leases ride
+// out the faults too), and afterwards both components still lead and work:
 // a ReplicaSet scaled up after the faults gets its pods created and bound.
 func TestAPIReplicaFaultsMoveNoLease(t *testing.T) {
 	c := sharedCluster(t)
@@ -85,6 +86,20 @@ func TestAPIReplicaFaultsMoveNoLease(t *testing.T) {
 	}
 	watch.lap("set up")
 
+	// The test's nodes are Ready before the faults; none may look otherwise
+	// during them.
+	nodeChanges := recordHistory(t, cl, nodeKind, "")
+	nodeChanges.waitUntil(t, "the test's nodes Ready", func() error {
+		for _, name := range nodes.Nodes() {
+			obj, ok := nodeChanges.objects()[name]
+			if !ok || !nodeIsReady(obj.(*capstanv1.Node)) {
+				return fmt.Errorf("node %s is not Ready", name)
+			}
+		}
+		return nil
+	})
+	nodesBefore := len(nodeChanges.record())
+
 	holdings, err := c.RecordHoldings(t.Context(), leaseGated...)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +131,12 @@ func TestAPIReplicaFaultsMoveNoLease(t *testing.T) {
 			lease, holdings.Changes(lease), len(faults), onLeader, holdings.Holdings(lease))
 		if got := holdings.Holdings(lease); len(got) != 1 || got[0] != settled[i] {
 			t.Errorf("%s was held by %v during the faults, want %v throughout", lease, got, settled[i])
+		}
+	}
+
+	for _, ch := range nodeChanges.record()[nodesBefore:] {
+		if node := ch.obj.(*capstanv1.Node); nodes.Has(node.GetMetadata().GetName()) && !nodeIsReady(node) {
+			t.Errorf("node %s was not Ready during the API faults (rv %d): %v", node.GetMetadata().GetName(), ch.rv, node.GetStatus().GetConditions())
 		}
 	}
 
@@ -487,4 +508,14 @@ func describeEvents(events []*capstanv1.Event) string {
 		parts = append(parts, fmt.Sprintf("%s %q (%s, %s)", ev.GetReason(), ev.GetMessage(), ev.GetSource().GetComponent(), ev.GetSource().GetHost()))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// nodeIsReady reports whether node's Ready condition is True.
+func nodeIsReady(node *capstanv1.Node) bool {
+	for _, c := range node.GetStatus().GetConditions() {
+		if c.GetType() == wellknown.NodeReady {
+			return c.GetStatus() == wellknown.ConditionTrue
+		}
+	}
+	return false
 }
