@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -843,6 +844,65 @@ func TestNodeAgentPodLogs(t *testing.T) {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("capctl logs lacks %q:\n%s", want, out)
 			}
+		}
+	})
+
+	// capctl port-forward reaches the pod's port through the API and the
+	// node agent, as a user on a host that cannot reach the node would.
+	t.Run("capctl port-forward", func(t *testing.T) {
+		capctl := na.binary(t, "capctl")
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		cmd := exec.Command(capctl, "--server", strings.Join(na.c.addrs, ","), "-n", ns,
+			"port-forward", "pod/"+name, fmt.Sprintf(":%d", echoContainerPort))
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		t.Cleanup(func() {
+			select {
+			case <-exited:
+			default:
+				_ = cmd.Process.Kill() // by its pid; the reader goroutine reaps it
+			}
+		})
+		lines := make(chan string, 4)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+			exited <- cmd.Wait()
+		}()
+		var local string
+		select {
+		case line, ok := <-lines:
+			if _, err := fmt.Sscanf(line, "Forwarding from %s", &local); !ok || err != nil {
+				t.Fatalf("capctl port-forward printed %q (stderr %q)", line, stderr.String())
+			}
+		case <-ctx.Done():
+			t.Fatalf("capctl port-forward printed nothing: stderr %q", stderr.String())
+		}
+		for _, path := range []string{"/e2e-forwarded-1", "/e2e-forwarded-2"} {
+			body, err := getBody(ctx, "http://"+local+path)
+			if want := name + " on " + node + "\n"; err != nil || body != want {
+				t.Fatalf("GET %s through port-forward at %s: %q, %v; want %q", path, local, body, err, want)
+			}
+		}
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		for range lines {
+		}
+		if err := <-exited; err != nil {
+			t.Errorf("capctl port-forward, interrupted: %v (stderr %q)", err, stderr.String())
 		}
 	})
 }

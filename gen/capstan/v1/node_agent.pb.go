@@ -167,6 +167,134 @@ func (x *StreamContainerLogsResponse) GetData() []byte {
 	return nil
 }
 
+// ForwardContainerPortRequest is one message from the caller of ForwardContainerPort.
+type ForwardContainerPortRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Uid of the pod. First message only.
+	PodUid string `protobuf:"bytes,1,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	// Namespace of the pod, for messages. First message only.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the pod, for messages. First message only.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// A container_port the pod declares. First message only.
+	Port int32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// Bytes for the pod, in order.
+	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardContainerPortRequest) Reset() {
+	*x = ForwardContainerPortRequest{}
+	mi := &file_capstan_v1_node_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardContainerPortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardContainerPortRequest) ProtoMessage() {}
+
+func (x *ForwardContainerPortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_node_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardContainerPortRequest.ProtoReflect.Descriptor instead.
+func (*ForwardContainerPortRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_node_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForwardContainerPortRequest) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+func (x *ForwardContainerPortRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ForwardContainerPortRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ForwardContainerPortRequest) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ForwardContainerPortRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// ForwardContainerPortResponse is one message to the caller of ForwardContainerPort.
+type ForwardContainerPortResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes from the pod, in order.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardContainerPortResponse) Reset() {
+	*x = ForwardContainerPortResponse{}
+	mi := &file_capstan_v1_node_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardContainerPortResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardContainerPortResponse) ProtoMessage() {}
+
+func (x *ForwardContainerPortResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_node_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardContainerPortResponse.ProtoReflect.Descriptor instead.
+func (*ForwardContainerPortResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_node_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ForwardContainerPortResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_capstan_v1_node_agent_proto protoreflect.FileDescriptor
 
 const file_capstan_v1_node_agent_proto_rawDesc = "" +
@@ -184,9 +312,18 @@ const file_capstan_v1_node_agent_proto_rawDesc = "" +
 	"\bprevious\x18\a \x01(\bR\bpreviousB\r\n" +
 	"\v_tail_lines\"1\n" +
 	"\x1bStreamContainerLogsResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2|\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x90\x01\n" +
+	"\x1bForwardContainerPortRequest\x12\x17\n" +
+	"\apod_uid\x18\x01 \x01(\tR\x06podUid\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\x05R\x04port\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\"2\n" +
+	"\x1cForwardContainerPortResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xeb\x01\n" +
 	"\x10NodeAgentService\x12h\n" +
-	"\x13StreamContainerLogs\x12&.capstan.v1.StreamContainerLogsRequest\x1a'.capstan.v1.StreamContainerLogsResponse0\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
+	"\x13StreamContainerLogs\x12&.capstan.v1.StreamContainerLogsRequest\x1a'.capstan.v1.StreamContainerLogsResponse0\x01\x12m\n" +
+	"\x14ForwardContainerPort\x12'.capstan.v1.ForwardContainerPortRequest\x1a(.capstan.v1.ForwardContainerPortResponse(\x010\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
 
 var (
 	file_capstan_v1_node_agent_proto_rawDescOnce sync.Once
@@ -200,16 +337,20 @@ func file_capstan_v1_node_agent_proto_rawDescGZIP() []byte {
 	return file_capstan_v1_node_agent_proto_rawDescData
 }
 
-var file_capstan_v1_node_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_capstan_v1_node_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_capstan_v1_node_agent_proto_goTypes = []any{
-	(*StreamContainerLogsRequest)(nil),  // 0: capstan.v1.StreamContainerLogsRequest
-	(*StreamContainerLogsResponse)(nil), // 1: capstan.v1.StreamContainerLogsResponse
+	(*StreamContainerLogsRequest)(nil),   // 0: capstan.v1.StreamContainerLogsRequest
+	(*StreamContainerLogsResponse)(nil),  // 1: capstan.v1.StreamContainerLogsResponse
+	(*ForwardContainerPortRequest)(nil),  // 2: capstan.v1.ForwardContainerPortRequest
+	(*ForwardContainerPortResponse)(nil), // 3: capstan.v1.ForwardContainerPortResponse
 }
 var file_capstan_v1_node_agent_proto_depIdxs = []int32{
 	0, // 0: capstan.v1.NodeAgentService.StreamContainerLogs:input_type -> capstan.v1.StreamContainerLogsRequest
-	1, // 1: capstan.v1.NodeAgentService.StreamContainerLogs:output_type -> capstan.v1.StreamContainerLogsResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 1: capstan.v1.NodeAgentService.ForwardContainerPort:input_type -> capstan.v1.ForwardContainerPortRequest
+	1, // 2: capstan.v1.NodeAgentService.StreamContainerLogs:output_type -> capstan.v1.StreamContainerLogsResponse
+	3, // 3: capstan.v1.NodeAgentService.ForwardContainerPort:output_type -> capstan.v1.ForwardContainerPortResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -227,7 +368,7 @@ func file_capstan_v1_node_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_capstan_v1_node_agent_proto_rawDesc), len(file_capstan_v1_node_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeAgentService_StreamContainerLogs_FullMethodName = "/capstan.v1.NodeAgentService/StreamContainerLogs"
+	NodeAgentService_StreamContainerLogs_FullMethodName  = "/capstan.v1.NodeAgentService/StreamContainerLogs"
+	NodeAgentService_ForwardContainerPort_FullMethodName = "/capstan.v1.NodeAgentService/ForwardContainerPort"
 )
 
 // NodeAgentServiceClient is the client API for NodeAgentService service.
@@ -32,6 +33,9 @@ const (
 type NodeAgentServiceClient interface {
 	// StreamContainerLogs streams a container's log from the node's disk.
 	StreamContainerLogs(ctx context.Context, in *StreamContainerLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamContainerLogsResponse], error)
+	// ForwardContainerPort connects to a port of a pod running on this node and
+	// carries the connection's bytes both ways (see PodService/PortForward).
+	ForwardContainerPort(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardContainerPortRequest, ForwardContainerPortResponse], error)
 }
 
 type nodeAgentServiceClient struct {
@@ -61,6 +65,19 @@ func (c *nodeAgentServiceClient) StreamContainerLogs(ctx context.Context, in *St
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgentService_StreamContainerLogsClient = grpc.ServerStreamingClient[StreamContainerLogsResponse]
 
+func (c *nodeAgentServiceClient) ForwardContainerPort(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardContainerPortRequest, ForwardContainerPortResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgentService_ServiceDesc.Streams[1], NodeAgentService_ForwardContainerPort_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardContainerPortRequest, ForwardContainerPortResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgentService_ForwardContainerPortClient = grpc.BidiStreamingClient[ForwardContainerPortRequest, ForwardContainerPortResponse]
+
 // NodeAgentServiceServer is the server API for NodeAgentService service.
 // All implementations must embed UnimplementedNodeAgentServiceServer
 // for forward compatibility.
@@ -71,6 +88,9 @@ type NodeAgentService_StreamContainerLogsClient = grpc.ServerStreamingClient[Str
 type NodeAgentServiceServer interface {
 	// StreamContainerLogs streams a container's log from the node's disk.
 	StreamContainerLogs(*StreamContainerLogsRequest, grpc.ServerStreamingServer[StreamContainerLogsResponse]) error
+	// ForwardContainerPort connects to a port of a pod running on this node and
+	// carries the connection's bytes both ways (see PodService/PortForward).
+	ForwardContainerPort(grpc.BidiStreamingServer[ForwardContainerPortRequest, ForwardContainerPortResponse]) error
 	mustEmbedUnimplementedNodeAgentServiceServer()
 }
 
@@ -83,6 +103,9 @@ type UnimplementedNodeAgentServiceServer struct{}
 
 func (UnimplementedNodeAgentServiceServer) StreamContainerLogs(*StreamContainerLogsRequest, grpc.ServerStreamingServer[StreamContainerLogsResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamContainerLogs not implemented")
+}
+func (UnimplementedNodeAgentServiceServer) ForwardContainerPort(grpc.BidiStreamingServer[ForwardContainerPortRequest, ForwardContainerPortResponse]) error {
+	return status.Error(codes.Unimplemented, "method ForwardContainerPort not implemented")
 }
 func (UnimplementedNodeAgentServiceServer) mustEmbedUnimplementedNodeAgentServiceServer() {}
 func (UnimplementedNodeAgentServiceServer) testEmbeddedByValue()                          {}
@@ -116,6 +139,13 @@ func _NodeAgentService_StreamContainerLogs_Handler(srv interface{}, stream grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgentService_StreamContainerLogsServer = grpc.ServerStreamingServer[StreamContainerLogsResponse]
 
+func _NodeAgentService_ForwardContainerPort_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeAgentServiceServer).ForwardContainerPort(&grpc.GenericServerStream[ForwardContainerPortRequest, ForwardContainerPortResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgentService_ForwardContainerPortServer = grpc.BidiStreamingServer[ForwardContainerPortRequest, ForwardContainerPortResponse]
+
 // NodeAgentService_ServiceDesc is the grpc.ServiceDesc for NodeAgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -128,6 +158,12 @@ var NodeAgentService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "StreamContainerLogs",
 			Handler:       _NodeAgentService_StreamContainerLogs_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ForwardContainerPort",
+			Handler:       _NodeAgentService_ForwardContainerPort_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "capstan/v1/node_agent.proto",

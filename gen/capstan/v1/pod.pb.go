@@ -2423,6 +2423,126 @@ func (x *StreamPodLogsResponse) GetData() []byte {
 	return nil
 }
 
+// PortForwardRequest is one message from the caller of PortForward.
+type PortForwardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the pod; empty means "default". First message only.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Pod name. First message only.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// A container_port the pod declares (it is reached on the host_port the
+	// node agent gave it). First message only.
+	Port int32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// Bytes for the pod, in order.
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardRequest) Reset() {
+	*x = PortForwardRequest{}
+	mi := &file_capstan_v1_pod_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardRequest) ProtoMessage() {}
+
+func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_pod_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
+func (*PortForwardRequest) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_pod_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *PortForwardRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PortForwardRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PortForwardRequest) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *PortForwardRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// PortForwardResponse is one message to the caller of PortForward.
+type PortForwardResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes from the pod, in order.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardResponse) Reset() {
+	*x = PortForwardResponse{}
+	mi := &file_capstan_v1_pod_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardResponse) ProtoMessage() {}
+
+func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_capstan_v1_pod_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardResponse.ProtoReflect.Descriptor instead.
+func (*PortForwardResponse) Descriptor() ([]byte, []int) {
+	return file_capstan_v1_pod_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *PortForwardResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_capstan_v1_pod_proto protoreflect.FileDescriptor
 
 const file_capstan_v1_pod_proto_rawDesc = "" +
@@ -2611,7 +2731,14 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\bprevious\x18\x06 \x01(\bR\bpreviousB\r\n" +
 	"\v_tail_lines\"+\n" +
 	"\x15StreamPodLogsResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xb6\x05\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"n\n" +
+	"\x12PortForwardRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\x05R\x04port\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\")\n" +
+	"\x13PortForwardResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\x8a\x06\n" +
 	"\n" +
 	"PodService\x12H\n" +
 	"\tCreatePod\x12\x1c.capstan.v1.CreatePodRequest\x1a\x1d.capstan.v1.CreatePodResponse\x12?\n" +
@@ -2622,7 +2749,8 @@ const file_capstan_v1_pod_proto_rawDesc = "" +
 	"\tDeletePod\x12\x1c.capstan.v1.DeletePodRequest\x1a\x1d.capstan.v1.DeletePodResponse\x12J\n" +
 	"\tWatchPods\x12\x1c.capstan.v1.WatchPodsRequest\x1a\x1d.capstan.v1.WatchPodsResponse0\x01\x12B\n" +
 	"\aBindPod\x12\x1a.capstan.v1.BindPodRequest\x1a\x1b.capstan.v1.BindPodResponse\x12V\n" +
-	"\rStreamPodLogs\x12 .capstan.v1.StreamPodLogsRequest\x1a!.capstan.v1.StreamPodLogsResponse0\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
+	"\rStreamPodLogs\x12 .capstan.v1.StreamPodLogsRequest\x1a!.capstan.v1.StreamPodLogsResponse0\x01\x12R\n" +
+	"\vPortForward\x12\x1e.capstan.v1.PortForwardRequest\x1a\x1f.capstan.v1.PortForwardResponse(\x010\x01B9Z7github.com/capstan-dev/capstan/gen/capstan/v1;capstanv1b\x06proto3"
 
 var (
 	file_capstan_v1_pod_proto_rawDescOnce sync.Once
@@ -2636,7 +2764,7 @@ func file_capstan_v1_pod_proto_rawDescGZIP() []byte {
 	return file_capstan_v1_pod_proto_rawDescData
 }
 
-var file_capstan_v1_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_capstan_v1_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_capstan_v1_pod_proto_goTypes = []any{
 	(*Pod)(nil),                      // 0: capstan.v1.Pod
 	(*PodSpec)(nil),                  // 1: capstan.v1.PodSpec
@@ -2674,36 +2802,38 @@ var file_capstan_v1_pod_proto_goTypes = []any{
 	(*BindPodResponse)(nil),          // 33: capstan.v1.BindPodResponse
 	(*StreamPodLogsRequest)(nil),     // 34: capstan.v1.StreamPodLogsRequest
 	(*StreamPodLogsResponse)(nil),    // 35: capstan.v1.StreamPodLogsResponse
-	nil,                              // 36: capstan.v1.PodSpec.NodeSelectorEntry
-	nil,                              // 37: capstan.v1.ResourceRequirements.RequestsEntry
-	nil,                              // 38: capstan.v1.ResourceRequirements.LimitsEntry
-	(*ObjectMeta)(nil),               // 39: capstan.v1.ObjectMeta
-	(*Condition)(nil),                // 40: capstan.v1.Condition
-	(*timestamppb.Timestamp)(nil),    // 41: google.protobuf.Timestamp
-	(*Preconditions)(nil),            // 42: capstan.v1.Preconditions
-	(WatchEventType)(0),              // 43: capstan.v1.WatchEventType
+	(*PortForwardRequest)(nil),       // 36: capstan.v1.PortForwardRequest
+	(*PortForwardResponse)(nil),      // 37: capstan.v1.PortForwardResponse
+	nil,                              // 38: capstan.v1.PodSpec.NodeSelectorEntry
+	nil,                              // 39: capstan.v1.ResourceRequirements.RequestsEntry
+	nil,                              // 40: capstan.v1.ResourceRequirements.LimitsEntry
+	(*ObjectMeta)(nil),               // 41: capstan.v1.ObjectMeta
+	(*Condition)(nil),                // 42: capstan.v1.Condition
+	(*timestamppb.Timestamp)(nil),    // 43: google.protobuf.Timestamp
+	(*Preconditions)(nil),            // 44: capstan.v1.Preconditions
+	(WatchEventType)(0),              // 45: capstan.v1.WatchEventType
 }
 var file_capstan_v1_pod_proto_depIdxs = []int32{
-	39, // 0: capstan.v1.Pod.metadata:type_name -> capstan.v1.ObjectMeta
+	41, // 0: capstan.v1.Pod.metadata:type_name -> capstan.v1.ObjectMeta
 	1,  // 1: capstan.v1.Pod.spec:type_name -> capstan.v1.PodSpec
 	12, // 2: capstan.v1.Pod.status:type_name -> capstan.v1.PodStatus
 	3,  // 3: capstan.v1.PodSpec.containers:type_name -> capstan.v1.Container
-	36, // 4: capstan.v1.PodSpec.node_selector:type_name -> capstan.v1.PodSpec.NodeSelectorEntry
+	38, // 4: capstan.v1.PodSpec.node_selector:type_name -> capstan.v1.PodSpec.NodeSelectorEntry
 	11, // 5: capstan.v1.PodSpec.tolerations:type_name -> capstan.v1.Toleration
-	39, // 6: capstan.v1.PodTemplateSpec.metadata:type_name -> capstan.v1.ObjectMeta
+	41, // 6: capstan.v1.PodTemplateSpec.metadata:type_name -> capstan.v1.ObjectMeta
 	1,  // 7: capstan.v1.PodTemplateSpec.spec:type_name -> capstan.v1.PodSpec
 	4,  // 8: capstan.v1.Container.env:type_name -> capstan.v1.EnvVar
 	5,  // 9: capstan.v1.Container.ports:type_name -> capstan.v1.ContainerPort
 	6,  // 10: capstan.v1.Container.resources:type_name -> capstan.v1.ResourceRequirements
 	7,  // 11: capstan.v1.Container.liveness_probe:type_name -> capstan.v1.Probe
 	7,  // 12: capstan.v1.Container.readiness_probe:type_name -> capstan.v1.Probe
-	37, // 13: capstan.v1.ResourceRequirements.requests:type_name -> capstan.v1.ResourceRequirements.RequestsEntry
-	38, // 14: capstan.v1.ResourceRequirements.limits:type_name -> capstan.v1.ResourceRequirements.LimitsEntry
+	39, // 13: capstan.v1.ResourceRequirements.requests:type_name -> capstan.v1.ResourceRequirements.RequestsEntry
+	40, // 14: capstan.v1.ResourceRequirements.limits:type_name -> capstan.v1.ResourceRequirements.LimitsEntry
 	8,  // 15: capstan.v1.Probe.exec:type_name -> capstan.v1.ExecAction
 	9,  // 16: capstan.v1.Probe.http_get:type_name -> capstan.v1.HttpGetAction
 	10, // 17: capstan.v1.Probe.tcp_socket:type_name -> capstan.v1.TcpSocketAction
-	40, // 18: capstan.v1.PodStatus.conditions:type_name -> capstan.v1.Condition
-	41, // 19: capstan.v1.PodStatus.start_time:type_name -> google.protobuf.Timestamp
+	42, // 18: capstan.v1.PodStatus.conditions:type_name -> capstan.v1.Condition
+	43, // 19: capstan.v1.PodStatus.start_time:type_name -> google.protobuf.Timestamp
 	13, // 20: capstan.v1.PodStatus.container_statuses:type_name -> capstan.v1.ContainerStatus
 	14, // 21: capstan.v1.ContainerStatus.state:type_name -> capstan.v1.ContainerState
 	14, // 22: capstan.v1.ContainerStatus.last_state:type_name -> capstan.v1.ContainerState
@@ -2711,9 +2841,9 @@ var file_capstan_v1_pod_proto_depIdxs = []int32{
 	15, // 24: capstan.v1.ContainerState.waiting:type_name -> capstan.v1.ContainerStateWaiting
 	16, // 25: capstan.v1.ContainerState.running:type_name -> capstan.v1.ContainerStateRunning
 	17, // 26: capstan.v1.ContainerState.terminated:type_name -> capstan.v1.ContainerStateTerminated
-	41, // 27: capstan.v1.ContainerStateRunning.started_at:type_name -> google.protobuf.Timestamp
-	41, // 28: capstan.v1.ContainerStateTerminated.started_at:type_name -> google.protobuf.Timestamp
-	41, // 29: capstan.v1.ContainerStateTerminated.finished_at:type_name -> google.protobuf.Timestamp
+	43, // 27: capstan.v1.ContainerStateRunning.started_at:type_name -> google.protobuf.Timestamp
+	43, // 28: capstan.v1.ContainerStateTerminated.started_at:type_name -> google.protobuf.Timestamp
+	43, // 29: capstan.v1.ContainerStateTerminated.finished_at:type_name -> google.protobuf.Timestamp
 	0,  // 30: capstan.v1.CreatePodRequest.pod:type_name -> capstan.v1.Pod
 	0,  // 31: capstan.v1.CreatePodResponse.pod:type_name -> capstan.v1.Pod
 	0,  // 32: capstan.v1.GetPodResponse.pod:type_name -> capstan.v1.Pod
@@ -2722,9 +2852,9 @@ var file_capstan_v1_pod_proto_depIdxs = []int32{
 	0,  // 35: capstan.v1.UpdatePodResponse.pod:type_name -> capstan.v1.Pod
 	0,  // 36: capstan.v1.UpdatePodStatusRequest.pod:type_name -> capstan.v1.Pod
 	0,  // 37: capstan.v1.UpdatePodStatusResponse.pod:type_name -> capstan.v1.Pod
-	42, // 38: capstan.v1.DeletePodRequest.preconditions:type_name -> capstan.v1.Preconditions
+	44, // 38: capstan.v1.DeletePodRequest.preconditions:type_name -> capstan.v1.Preconditions
 	0,  // 39: capstan.v1.DeletePodResponse.pod:type_name -> capstan.v1.Pod
-	43, // 40: capstan.v1.WatchPodsResponse.type:type_name -> capstan.v1.WatchEventType
+	45, // 40: capstan.v1.WatchPodsResponse.type:type_name -> capstan.v1.WatchEventType
 	0,  // 41: capstan.v1.WatchPodsResponse.pod:type_name -> capstan.v1.Pod
 	0,  // 42: capstan.v1.BindPodResponse.pod:type_name -> capstan.v1.Pod
 	18, // 43: capstan.v1.PodService.CreatePod:input_type -> capstan.v1.CreatePodRequest
@@ -2736,17 +2866,19 @@ var file_capstan_v1_pod_proto_depIdxs = []int32{
 	30, // 49: capstan.v1.PodService.WatchPods:input_type -> capstan.v1.WatchPodsRequest
 	32, // 50: capstan.v1.PodService.BindPod:input_type -> capstan.v1.BindPodRequest
 	34, // 51: capstan.v1.PodService.StreamPodLogs:input_type -> capstan.v1.StreamPodLogsRequest
-	19, // 52: capstan.v1.PodService.CreatePod:output_type -> capstan.v1.CreatePodResponse
-	21, // 53: capstan.v1.PodService.GetPod:output_type -> capstan.v1.GetPodResponse
-	23, // 54: capstan.v1.PodService.ListPods:output_type -> capstan.v1.ListPodsResponse
-	25, // 55: capstan.v1.PodService.UpdatePod:output_type -> capstan.v1.UpdatePodResponse
-	27, // 56: capstan.v1.PodService.UpdatePodStatus:output_type -> capstan.v1.UpdatePodStatusResponse
-	29, // 57: capstan.v1.PodService.DeletePod:output_type -> capstan.v1.DeletePodResponse
-	31, // 58: capstan.v1.PodService.WatchPods:output_type -> capstan.v1.WatchPodsResponse
-	33, // 59: capstan.v1.PodService.BindPod:output_type -> capstan.v1.BindPodResponse
-	35, // 60: capstan.v1.PodService.StreamPodLogs:output_type -> capstan.v1.StreamPodLogsResponse
-	52, // [52:61] is the sub-list for method output_type
-	43, // [43:52] is the sub-list for method input_type
+	36, // 52: capstan.v1.PodService.PortForward:input_type -> capstan.v1.PortForwardRequest
+	19, // 53: capstan.v1.PodService.CreatePod:output_type -> capstan.v1.CreatePodResponse
+	21, // 54: capstan.v1.PodService.GetPod:output_type -> capstan.v1.GetPodResponse
+	23, // 55: capstan.v1.PodService.ListPods:output_type -> capstan.v1.ListPodsResponse
+	25, // 56: capstan.v1.PodService.UpdatePod:output_type -> capstan.v1.UpdatePodResponse
+	27, // 57: capstan.v1.PodService.UpdatePodStatus:output_type -> capstan.v1.UpdatePodStatusResponse
+	29, // 58: capstan.v1.PodService.DeletePod:output_type -> capstan.v1.DeletePodResponse
+	31, // 59: capstan.v1.PodService.WatchPods:output_type -> capstan.v1.WatchPodsResponse
+	33, // 60: capstan.v1.PodService.BindPod:output_type -> capstan.v1.BindPodResponse
+	35, // 61: capstan.v1.PodService.StreamPodLogs:output_type -> capstan.v1.StreamPodLogsResponse
+	37, // 62: capstan.v1.PodService.PortForward:output_type -> capstan.v1.PortForwardResponse
+	53, // [53:63] is the sub-list for method output_type
+	43, // [43:53] is the sub-list for method input_type
 	43, // [43:43] is the sub-list for extension type_name
 	43, // [43:43] is the sub-list for extension extendee
 	0,  // [0:43] is the sub-list for field type_name
@@ -2768,7 +2900,7 @@ func file_capstan_v1_pod_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_capstan_v1_pod_proto_rawDesc), len(file_capstan_v1_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

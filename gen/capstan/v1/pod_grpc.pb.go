@@ -28,6 +28,7 @@ const (
 	PodService_WatchPods_FullMethodName       = "/capstan.v1.PodService/WatchPods"
 	PodService_BindPod_FullMethodName         = "/capstan.v1.PodService/BindPod"
 	PodService_StreamPodLogs_FullMethodName   = "/capstan.v1.PodService/StreamPodLogs"
+	PodService_PortForward_FullMethodName     = "/capstan.v1.PodService/PortForward"
 )
 
 // PodServiceClient is the client API for PodService service.
@@ -58,6 +59,13 @@ type PodServiceClient interface {
 	// to the node agent of the pod's node, so a client needs only an API
 	// address.
 	StreamPodLogs(ctx context.Context, in *StreamPodLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamPodLogsResponse], error)
+	// PortForward carries one TCP connection to a port of a pod, through the
+	// API server and the node agent of the pod's node, so a client that can
+	// reach an API replica can reach the pod. The first request names the
+	// pod and port and may carry bytes; every later one carries bytes for the
+	// pod; each response carries bytes from it. The pod closing its side ends
+	// the stream; the caller closing its send side closes the pod's read side.
+	PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse], error)
 }
 
 type podServiceClient struct {
@@ -176,6 +184,19 @@ func (c *podServiceClient) StreamPodLogs(ctx context.Context, in *StreamPodLogsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_StreamPodLogsClient = grpc.ServerStreamingClient[StreamPodLogsResponse]
 
+func (c *podServiceClient) PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PodService_ServiceDesc.Streams[2], PodService_PortForward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PortForwardRequest, PortForwardResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_PortForwardClient = grpc.BidiStreamingClient[PortForwardRequest, PortForwardResponse]
+
 // PodServiceServer is the server API for PodService service.
 // All implementations must embed UnimplementedPodServiceServer
 // for forward compatibility.
@@ -204,6 +225,13 @@ type PodServiceServer interface {
 	// to the node agent of the pod's node, so a client needs only an API
 	// address.
 	StreamPodLogs(*StreamPodLogsRequest, grpc.ServerStreamingServer[StreamPodLogsResponse]) error
+	// PortForward carries one TCP connection to a port of a pod, through the
+	// API server and the node agent of the pod's node, so a client that can
+	// reach an API replica can reach the pod. The first request names the
+	// pod and port and may carry bytes; every later one carries bytes for the
+	// pod; each response carries bytes from it. The pod closing its side ends
+	// the stream; the caller closing its send side closes the pod's read side.
+	PortForward(grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]) error
 	mustEmbedUnimplementedPodServiceServer()
 }
 
@@ -240,6 +268,9 @@ func (UnimplementedPodServiceServer) BindPod(context.Context, *BindPodRequest) (
 }
 func (UnimplementedPodServiceServer) StreamPodLogs(*StreamPodLogsRequest, grpc.ServerStreamingServer[StreamPodLogsResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamPodLogs not implemented")
+}
+func (UnimplementedPodServiceServer) PortForward(grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]) error {
+	return status.Error(codes.Unimplemented, "method PortForward not implemented")
 }
 func (UnimplementedPodServiceServer) mustEmbedUnimplementedPodServiceServer() {}
 func (UnimplementedPodServiceServer) testEmbeddedByValue()                    {}
@@ -410,6 +441,13 @@ func _PodService_StreamPodLogs_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PodService_StreamPodLogsServer = grpc.ServerStreamingServer[StreamPodLogsResponse]
 
+func _PodService_PortForward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PodServiceServer).PortForward(&grpc.GenericServerStream[PortForwardRequest, PortForwardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PodService_PortForwardServer = grpc.BidiStreamingServer[PortForwardRequest, PortForwardResponse]
+
 // PodService_ServiceDesc is the grpc.ServiceDesc for PodService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -456,6 +494,12 @@ var PodService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "StreamPodLogs",
 			Handler:       _PodService_StreamPodLogs_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "PortForward",
+			Handler:       _PodService_PortForward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "capstan/v1/pod.proto",

@@ -107,7 +107,7 @@ func Run(ctx context.Context, opts Options) error {
 			lis.Close()
 			return fmt.Errorf("%s: %w", Name, err)
 		}
-		capstanv1.RegisterNodeAgentServiceServer(srv, agent.NewNodeAgentServer(fmt.Sprintf("%s-[0-%d]", opts.NodeName, opts.HollowNodes-1), nodes.LogSource()))
+		capstanv1.RegisterNodeAgentServiceServer(srv, agent.NewNodeAgentServer(fmt.Sprintf("%s-[0-%d]", opts.NodeName, opts.HollowNodes-1), nodes.LogSource(), ""))
 		for _, a := range nodes.Agents() {
 			registered = append(registered, a.Registered())
 		}
@@ -156,7 +156,7 @@ func Run(ctx context.Context, opts Options) error {
 			lis.Close()
 			return fmt.Errorf("%s: %w", Name, err)
 		}
-		capstanv1.RegisterNodeAgentServiceServer(srv, agent.NewNodeAgentServer(opts.NodeName, agent.RuntimeLogs(rt)))
+		capstanv1.RegisterNodeAgentServiceServer(srv, agent.NewNodeAgentServer(opts.NodeName, agent.RuntimeLogs(rt), opts.Address))
 		registered = append(registered, a.Registered())
 		node = a.Run
 	}

@@ -45,7 +45,7 @@ type writeFunc func(ctx context.Context, req proto.Message, opts registry.WriteO
 
 // Register registers every kind's service on srv: the standard methods
 // served by reg, the lease methods by leaseService. The returned close
-// releases the connections to node agents that log streaming opened; call
+// releases the connections to node agents that logs and port forwards opened; call
 // it after srv has stopped.
 func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *leases.Service) (close func(), err error) {
 	special := map[protoreflect.FullName]unaryFunc{
@@ -66,9 +66,10 @@ func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *l
 			return leaseService.Release(ctx, req.(*capstanv1.ReleaseLeaseRequest))
 		},
 	}
-	logs := newLogProxy(reg)
+	nodes := newNodeProxy(reg)
 	specialStreams := map[protoreflect.FullName]grpc.StreamHandler{
-		"capstan.v1.PodService.StreamPodLogs": logs.handler,
+		"capstan.v1.PodService.StreamPodLogs": nodes.streamLogs,
+		"capstan.v1.PodService.PortForward":   nodes.portForward,
 		"capstan.v1.LeaseService.HoldLease": func(_ any, ss grpc.ServerStream) error {
 			return leaseService.Hold(ss)
 		},
@@ -80,7 +81,7 @@ func Register(srv grpc.ServiceRegistrar, reg *registry.Registry, leaseService *l
 		}
 		srv.RegisterService(desc, struct{}{})
 	}
-	return logs.Close, nil
+	return nodes.Close, nil
 }
 
 func serviceDesc(kind *resource.Kind, reg *registry.Registry, special map[protoreflect.FullName]unaryFunc, specialStreams map[protoreflect.FullName]grpc.StreamHandler) (*grpc.ServiceDesc, error) {

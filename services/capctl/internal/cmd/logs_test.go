@@ -1,8 +1,11 @@
 package cmd_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -43,6 +46,23 @@ func (fakeAgent) StreamContainerLogs(req *capstanv1.StreamContainerLogsRequest, 
 		<-stream.Context().Done()
 	}
 	return nil
+}
+
+// PortForward answers each connection, once the caller has sent all of
+// it, with what it sent in upper case, and ends the stream.
+func (fakeAgent) ForwardContainerPort(stream capstanv1.NodeAgentService_ForwardContainerPortServer) error {
+	var in []byte
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		in = append(in, req.GetData()...)
+	}
+	return stream.Send(&capstanv1.ForwardContainerPortResponse{Data: bytes.ToUpper(in)})
 }
 
 func startFakeAgent(t *testing.T) string {

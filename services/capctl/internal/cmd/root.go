@@ -138,7 +138,7 @@ It talks gRPC to any of the API replicas (--server, else $CAPSTAN_SERVER, else
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log retries and failovers on stderr")
 
 	root.AddCommand(newGetCommand(g), newDescribeCommand(g), newApplyCommand(g), newDeleteCommand(g),
-		newScaleCommand(g), newRolloutCommand(g), newClusterCommand(g), newLogsCommand(g))
+		newScaleCommand(g), newRolloutCommand(g), newClusterCommand(g), newLogsCommand(g), newPortForwardCommand(g))
 	return root
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -26,6 +27,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(shoutEnv) == "1" {
+		serveShout()
+		return
+	}
 	goleak.VerifyTestMain(m,
 		// etcd's embedded server and client keep a few process-wide goroutines.
 		goleak.IgnoreAnyFunction("go.etcd.io/etcd/client/pkg/v3/logutil.(*MergeLogger).outputLoop"),

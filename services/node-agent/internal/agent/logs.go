@@ -43,14 +43,18 @@ func RuntimeLogs(rt runtime.Runtime) LogSource { return runtimeLogs{rt: rt} }
 // nodeAgentServer implements capstanv1.NodeAgentServiceServer.
 type nodeAgentServer struct {
 	capstanv1.UnimplementedNodeAgentServiceServer
-	node   string
-	source LogSource
+	node    string
+	source  LogSource
+	podHost string
 }
 
 // NewNodeAgentServer returns the NodeAgentService of node (named in
-// messages), reading logs from source. Safe for concurrent use.
-func NewNodeAgentServer(node string, source LogSource) capstanv1.NodeAgentServiceServer {
-	return &nodeAgentServer{node: node, source: source}
+// messages), reading logs and pods' ports from source. PortForward
+// connects to podHost (the node's address, where its pods listen); an
+// empty podHost — a hollow node, whose pods run nothing — refuses it.
+// Safe for concurrent use.
+func NewNodeAgentServer(node string, source LogSource, podHost string) capstanv1.NodeAgentServiceServer {
+	return &nodeAgentServer{node: node, source: source, podHost: podHost}
 }
 
 // StreamContainerLogs streams a container's log in chunks of at most

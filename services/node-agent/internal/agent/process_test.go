@@ -60,7 +60,7 @@ func (e *env) newProcessNodeWith(name string, configure func(*agent.Config)) *pr
 	}
 	n.endpoint = lis.Addr().String()
 	srv := grpcserver.New(grpcserver.Options{Logger: testLogger(e.t, name).With("subsystem", "grpc")})
-	capstanv1.RegisterNodeAgentServiceServer(srv, agent.NewNodeAgentServer(name, logsOf{n}))
+	capstanv1.RegisterNodeAgentServiceServer(srv, agent.NewNodeAgentServer(name, logsOf{n}, "127.0.0.1"))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	srv.SetServing(true)
