@@ -69,7 +69,9 @@ lint: ## buf lint, gofmt, import grouping (gci), go vet, staticcheck
 	@bad="$$($(GCI) list $(GCI_SECTIONS) $(GO_SOURCES))"; \
 	if [ -n "$$bad" ]; then echo "imports not grouped standard / third party / Capstan (make fmt):"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags docker $(DOCKER_TEST_PKGS)
 	$(TOOL) staticcheck ./...
+	$(TOOL) staticcheck -tags docker $(DOCKER_TEST_PKGS)
 
 fmt: ## gofmt and group imports: standard library, third party, Capstan
 	gofmt -w $(GO_SOURCES)
