@@ -33,6 +33,13 @@ BENCH_FLAGS ?=
 DOCKER_TEST_PKGS ?= ./test/docker/...
 DOCKER_TEST_TIMEOUT ?= 30m
 
+# make chaos: how long faults keep coming, the seed to replay (0: a new one),
+# and the shorter run `make test` does.
+DURATION ?= 5m
+SEED ?= 0
+CHAOS_FLAGS ?=
+TEST_CHAOS_DURATION ?= 3m
+
 IMAGE_REPO ?= capstan
 IMAGE_TAG ?= dev
 export CAPSTAN_IMAGE_TAG := $(IMAGE_TAG)
@@ -41,7 +48,7 @@ LOCALCLUSTER := $(GO) run ./hack/localcluster --state-dir $(STATE_DIR) --bin-dir
 DOCKER_OK = docker info >/dev/null 2>&1
 DOCKER_TESTS_RUNNABLE = { $(DOCKER_OK) && [ -n "$$($(GO) list -tags docker $(DOCKER_TEST_PKGS) 2>/dev/null)" ]; }
 
-.PHONY: help build generate lint fmt check-generated test test-unit test-docker bench \
+.PHONY: help build generate lint fmt check-generated test test-unit test-docker test-chaos chaos bench \
 	local-up local-down local-status up down images clean clean-state
 
 help: ## list the targets
@@ -84,10 +91,11 @@ check-generated: generate ## fail if gen/ differs from what proto/ generates
 
 # The docker tests run after the unit tests when they can; when they cannot,
 # the notice comes first, so the output always ends with go test's summary.
-test: check-generated lint ## everything CI runs: generated code, lint, vet, go test -race, docker tests
+test: check-generated lint ## everything CI runs: generated code, lint, vet, go test -race, docker tests, a 3-minute chaos run
 	@if ! $(DOCKER_TESTS_RUNNABLE); then $(MAKE) test-docker; fi
 	@$(MAKE) test-unit
 	@if $(DOCKER_TESTS_RUNNABLE); then $(MAKE) test-docker; fi
+	@$(MAKE) test-chaos
 
 # The tests that run real binaries take them from bin/ (CAPSTAN_BIN_DIR).
 test-unit: build ## go test -race $(PKGS) (no Docker needed; PKGS=./... by default)
@@ -98,6 +106,13 @@ test-docker: ## tests that need a Docker engine (skipped without one)
 	elif [ -z "$$($(GO) list -tags docker $(DOCKER_TEST_PKGS) 2>/dev/null)" ]; then \
 	  echo "SKIPPED: docker tests (no packages match $(DOCKER_TEST_PKGS) yet)"; \
 	else $(MAKE) images && $(GO) test -tags docker -p 1 -timeout $(DOCKER_TEST_TIMEOUT) $(TEST_FLAGS) $(DOCKER_TEST_PKGS); fi
+
+test-chaos: ## make chaos for $(TEST_CHAOS_DURATION): on compose with a Docker engine, on local processes without
+	@$(MAKE) chaos DURATION=$(TEST_CHAOS_DURATION)
+
+chaos: build ## faults at random while clients check every guarantee (DURATION=5m, SEED=n replays); compose if Docker works, else local processes
+	@if $(DOCKER_OK); then $(MAKE) images; else echo "no Docker engine: the chaos run uses local processes"; fi
+	$(GO) run ./hack/chaos -duration $(DURATION) -seed $(SEED) -bin-dir $(BIN_DIR) $(CHAOS_FLAGS)
 
 bench: ## benchmarks only (PKGS, BENCH_TIME=1s, BENCH_FLAGS=...)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_TIME) -benchmem $(BENCH_FLAGS) $(PKGS)

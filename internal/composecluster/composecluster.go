@@ -50,9 +50,13 @@ type Config struct {
 	ImageTag string
 }
 
-// Cluster is a compose project that Up started.
+// Cluster is a compose project that Up started. The faults go to the
+// containers through the docker CLI by id (a container keeps its id across
+// stop and start), which answers in milliseconds where docker-compose v1
+// takes most of a second per call.
 type Cluster struct {
 	cfg Config
+	ids map[string]string // service → container id
 }
 
 // The services of docker-compose.yml.
@@ -97,12 +101,23 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 			cfg.APIPorts[i] = free
 		}
 	}
-	c := &Cluster{cfg: cfg}
+	c := &Cluster{cfg: cfg, ids: map[string]string{}}
 	if _, err := c.Compose(ctx, "down", "-v", "--remove-orphans"); err != nil {
 		return nil, err
 	}
 	if _, err := c.Compose(ctx, "up"); err != nil {
 		return nil, err
+	}
+	for _, s := range Services() {
+		out, err := c.Compose(ctx, "ps", "-q", s)
+		if err != nil {
+			return nil, err
+		}
+		id := strings.TrimSpace(out)
+		if id == "" || strings.Contains(id, "\n") {
+			return nil, fmt.Errorf("composecluster: service %s has container(s) %q", s, id)
+		}
+		c.ids[s] = id
 	}
 	return c, nil
 }
@@ -165,54 +180,56 @@ func run(cmd *exec.Cmd) (string, error) {
 }
 
 // Container is the id of service's container.
-func (c *Cluster) Container(ctx context.Context, service string) (string, error) {
-	out, err := c.Compose(ctx, "ps", "-q", service)
-	if err != nil {
-		return "", err
-	}
-	id := strings.TrimSpace(out)
-	if id == "" || strings.Contains(id, "\n") {
-		return "", fmt.Errorf("composecluster: service %s has container(s) %q", service, id)
+func (c *Cluster) Container(_ context.Context, service string) (string, error) {
+	id, ok := c.ids[service]
+	if !ok {
+		return "", fmt.Errorf("composecluster: no service %s", service)
 	}
 	return id, nil
 }
 
+// docker runs the docker CLI with args followed by the services' container ids.
+func (c *Cluster) dockerOn(ctx context.Context, args []string, services []string) error {
+	for _, s := range services {
+		id, err := c.Container(ctx, s)
+		if err != nil {
+			return err
+		}
+		args = append(args, id)
+	}
+	_, err := c.Docker(ctx, args...)
+	return err
+}
+
 // Kill SIGKILLs the services' containers.
 func (c *Cluster) Kill(ctx context.Context, services ...string) error {
-	_, err := c.Compose(ctx, append([]string{"kill"}, services...)...)
-	return err
+	return c.dockerOn(ctx, []string{"kill"}, services)
 }
 
 // Signal sends sig (a name such as STOP or CONT) to the main process of
 // the services' containers.
 func (c *Cluster) Signal(ctx context.Context, sig string, services ...string) error {
-	_, err := c.Compose(ctx, append([]string{"kill", "-s", sig}, services...)...)
-	return err
+	return c.dockerOn(ctx, []string{"kill", "--signal", sig}, services)
 }
 
-// Stop stops the services' containers (SIGTERM, SIGKILL after their
-// stop_grace_period).
+// Stop stops the services' containers (SIGTERM, SIGKILL after 10 s).
 func (c *Cluster) Stop(ctx context.Context, services ...string) error {
-	_, err := c.Compose(ctx, append([]string{"stop"}, services...)...)
-	return err
+	return c.dockerOn(ctx, []string{"stop"}, services)
 }
 
 // Start starts the services' stopped or killed containers.
 func (c *Cluster) Start(ctx context.Context, services ...string) error {
-	_, err := c.Compose(ctx, append([]string{"start"}, services...)...)
-	return err
+	return c.dockerOn(ctx, []string{"start"}, services)
 }
 
 // Pause freezes the services' containers (the cgroup freezer).
 func (c *Cluster) Pause(ctx context.Context, services ...string) error {
-	_, err := c.Compose(ctx, append([]string{"pause"}, services...)...)
-	return err
+	return c.dockerOn(ctx, []string{"pause"}, services)
 }
 
 // Unpause thaws them.
 func (c *Cluster) Unpause(ctx context.Context, services ...string) error {
-	_, err := c.Compose(ctx, append([]string{"unpause"}, services...)...)
-	return err
+	return c.dockerOn(ctx, []string{"unpause"}, services)
 }
 
 // Network is the compose network every service is on.
@@ -239,28 +256,70 @@ func (c *Cluster) Connect(ctx context.Context, service string) error {
 	return err
 }
 
+// ContainerState is what docker inspect says of a container.
+type ContainerState struct {
+	// Status: running, paused, exited, created, restarting, dead.
+	Status string
+	// Health: healthy, unhealthy, starting, or empty without a check.
+	Health string
+	// Connected: on the compose network.
+	Connected bool
+}
+
+// States inspects the services' containers in one call.
+func (c *Cluster) States(ctx context.Context, services ...string) (map[string]ContainerState, error) {
+	args := []string{"inspect", "-f", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}},{{end}}"}
+	for _, s := range services {
+		id, err := c.Container(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, id)
+	}
+	out, err := c.Docker(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != len(services) {
+		return nil, fmt.Errorf("composecluster: docker inspect of %d containers said %q", len(services), out)
+	}
+	states := map[string]ContainerState{}
+	for i, l := range lines {
+		f := strings.Fields(l)
+		st := ContainerState{Status: f[0]}
+		if len(f) > 1 && f[1] != "-" {
+			st.Health = f[1]
+		}
+		if len(f) > 2 {
+			st.Connected = slices.Contains(strings.Split(f[2], ","), c.Network())
+		}
+		states[services[i]] = st
+	}
+	return states, nil
+}
+
 // State is a container's state and health as docker inspect says them:
 // "running healthy", "paused healthy", "exited ", ...
 func (c *Cluster) State(ctx context.Context, service string) (string, error) {
-	id, err := c.Container(ctx, service)
+	st, err := c.States(ctx, service)
 	if err != nil {
 		return "", err
 	}
-	out, err := c.Docker(ctx, "inspect", "-f", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", id)
-	return strings.TrimSpace(out), err
+	return st[service].Status + " " + st[service].Health, nil
 }
 
 // WaitHealthy waits until every one of services is running and healthy.
 func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration, services ...string) error {
 	return poll.Until(ctx, timeout, "containers healthy", func(ctx context.Context) error {
+		states, err := c.States(ctx, services...)
+		if err != nil {
+			return err
+		}
 		var pending []string
 		for _, s := range services {
-			st, err := c.State(ctx, s)
-			if err != nil {
-				return err
-			}
-			if st != "running healthy" {
-				pending = append(pending, s+": "+st)
+			if st := states[s]; st.Status != "running" || st.Health != "healthy" {
+				pending = append(pending, s+": "+st.Status+" "+st.Health)
 			}
 		}
 		if len(pending) > 0 {
@@ -268,19 +327,6 @@ func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration, servic
 		}
 		return nil
 	})
-}
-
-// Connected reports whether service's container is on the network.
-func (c *Cluster) Connected(ctx context.Context, service string) (bool, error) {
-	id, err := c.Container(ctx, service)
-	if err != nil {
-		return false, err
-	}
-	out, err := c.Docker(ctx, "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", id)
-	if err != nil {
-		return false, err
-	}
-	return slices.Contains(strings.Fields(out), c.Network()), nil
 }
 
 // Down stops and removes the containers, the network and the volumes.
