@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/capstan-dev/capstan/internal/chaos"
 	"github.com/capstan-dev/capstan/internal/composecluster"
+	"github.com/capstan-dev/capstan/internal/localcluster"
 	"github.com/capstan-dev/capstan/internal/testcluster"
 )
 
@@ -32,6 +34,8 @@ func run() int {
 		target   = flag.String("target", "auto", "compose, local, or auto (compose when `docker info` succeeds)")
 		out      = flag.String("out", filepath.Join(".chaos", time.Now().Format("20060102-150405")), "directory for report.txt, report.json and history.html")
 		keep     = flag.Bool("keep", false, "leave the compose cluster up afterwards")
+		kinds    = flag.String("faults", "", "only these scenarios, comma-separated (component, lease-holder, etcd-leader, master, worker, network-cut, quorum-loss)")
+		apiArgs  = flag.String("apiserver-args", "", "extra arguments of the local API servers, space-separated (e.g. --log-level=debug)")
 		program  testcluster.ProgramFlags
 	)
 	program.AddFlags(flag.CommandLine)
@@ -75,7 +79,11 @@ func run() int {
 		t = chaos.NewComposeTarget(c)
 	case "local":
 		logf("no Docker engine or -target local: chaos on local processes (3 masters, 3 workers); SEED=" + fmt.Sprint(*seed))
-		c, err := program.Start(ctx, testcluster.Config{Name: "chaos", Workers: 3})
+		cfg := testcluster.Config{Name: "chaos", Workers: 3}
+		if *apiArgs != "" {
+			cfg.Args = map[string][]string{localcluster.APIServerBinary: strings.Fields(*apiArgs)}
+		}
+		c, err := program.Start(ctx, cfg)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "start:", err)
 			return 2
@@ -87,7 +95,13 @@ func run() int {
 		return 2
 	}
 
-	rep, err := chaos.Run(ctx, t, chaos.Config{Duration: *duration, Seed: *seed, OutDir: *out, Log: logf})
+	var only []chaos.FaultKind
+	for _, k := range strings.Split(*kinds, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			only = append(only, chaos.FaultKind(k))
+		}
+	}
+	rep, err := chaos.Run(ctx, t, chaos.Config{Duration: *duration, Seed: *seed, OutDir: *out, Log: logf, Kinds: only})
 	fmt.Println()
 	fmt.Print(rep.Text())
 	if werr := rep.WriteFiles(*out); werr != nil {

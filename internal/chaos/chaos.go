@@ -54,6 +54,8 @@ type Config struct {
 	// OutDir receives report.json, report.txt and, on a linearizability
 	// failure, history.html.
 	OutDir string
+	// Kinds, if set, are the only scenarios drawn (to chase one).
+	Kinds []FaultKind
 	// Keys of the register workload, and its clients.
 	Keys, Clients int
 	// Log receives progress lines.
@@ -182,7 +184,7 @@ func Run(ctx context.Context, t Target, cfg Config) (*Report, error) {
 	load.Go(func() { w.run(loadCtx) })
 
 	cfg.Log(fmt.Sprintf("chaos on %s: seed %d, %v of faults, %d register clients on %d keys", t.Kind(), cfg.Seed, cfg.Duration, cfg.Clients, cfg.Keys))
-	f := &faulter{t: t, c: failover, rng: rand.New(rand.NewPCG(rng.Uint64(), 2)), log: cfg.Log}
+	f := &faulter{t: t, c: failover, rng: rand.New(rand.NewPCG(rng.Uint64(), 2)), log: cfg.Log, only: cfg.Kinds}
 	faultsStart := time.Since(start)
 	deadline := time.Now().Add(cfg.Duration)
 	var runErr error

@@ -70,6 +70,8 @@ type faulter struct {
 	log      func(string)
 	lastLoss time.Time
 	records  []FaultRecord
+	// only, if set, are the scenarios to draw from.
+	only []FaultKind
 }
 
 // holdFor is how long a fault lasts before it is undone.
@@ -89,6 +91,12 @@ func (f *faulter) next(ctx context.Context) error {
 	}
 	if time.Since(f.lastLoss) > 3*time.Minute {
 		kinds = append(kinds, FaultQuorumLoss)
+	}
+	if len(f.only) > 0 {
+		kinds = slices.DeleteFunc(kinds, func(k FaultKind) bool { return !slices.Contains(f.only, k) })
+		if len(kinds) == 0 {
+			kinds = []FaultKind{f.only[0]}
+		}
 	}
 	kind := kinds[f.rng.IntN(len(kinds))]
 	rec := FaultRecord{Kind: kind}
