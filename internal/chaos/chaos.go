@@ -259,9 +259,15 @@ func Run(ctx context.Context, t Target, cfg Config) (*Report, error) {
 		Counts: fmt.Sprintf("%d operations (%d acknowledged writes, %d unknown outcomes), result %s", len(ops), len(ackedWrites), unknowns(ops), result)}
 	if result != porcupine.Ok && cfg.OutDir != "" {
 		path := filepath.Join(cfg.OutDir, "history.html")
-		if err := porcupine.VisualizePath(registerModel, info, path); err == nil {
+		err := os.MkdirAll(cfg.OutDir, 0o755)
+		if err == nil {
+			err = porcupine.VisualizePath(registerModel, info, path)
+		}
+		if err == nil {
 			rep.HistoryHTML = path
 			lin.Errors = append(lin.Errors, "visualisation: "+path)
+		} else {
+			lin.Errors = append(lin.Errors, "no visualisation: "+err.Error())
 		}
 	}
 	rep.Checks = append(rep.Checks, lin)

@@ -101,7 +101,11 @@ type workloads struct {
 
 func (w *workloads) create(ctx context.Context) error {
 	labels := map[string]string{"app": deploymentName}
+	// The sizes are noted before the creates are sent: the pod watch may
+	// see the first pods before a create's answer arrives.
 	now := time.Now()
+	w.web.set(now, 3)
+	w.steady.set(now, 3)
 	if _, err := w.c.Create(ctx, &capstanv1.Deployment{
 		Metadata: &capstanv1.ObjectMeta{Namespace: w.ns, Name: deploymentName},
 		Spec: &capstanv1.DeploymentSpec{
@@ -113,7 +117,6 @@ func (w *workloads) create(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create deployment: %w", err)
 	}
-	w.web.set(now, 3)
 	steadyLabels := map[string]string{"app": replicaSetName}
 	if _, err := w.c.Create(ctx, &capstanv1.ReplicaSet{
 		Metadata: &capstanv1.ObjectMeta{Namespace: w.ns, Name: replicaSetName},
@@ -125,7 +128,6 @@ func (w *workloads) create(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create replicaset: %w", err)
 	}
-	w.steady.set(now, 3)
 	return nil
 }
 

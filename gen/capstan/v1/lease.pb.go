@@ -160,8 +160,14 @@ type LeaseStatus struct {
 	// holder keeps one: when that session ends because the holder died, the
 	// replica releases the lease at once.
 	SessionReplica string `protobuf:"bytes,5,opt,name=session_replica,json=sessionReplica,proto3" json:"session_replica,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The etcd raft term in which the holding's key was last attached to a
+	// fresh etcd lease. After an etcd leader change the next renewal moves
+	// the key to a new etcd lease, so that a deposed etcd leader that wakes
+	// up from a freeze can only revoke the old one, to which nothing is
+	// attached any more (ADR 0006). Set by the server.
+	EtcdLeaseTerm uint64 `protobuf:"varint,6,opt,name=etcd_lease_term,json=etcdLeaseTerm,proto3" json:"etcd_lease_term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseStatus) Reset() {
@@ -227,6 +233,13 @@ func (x *LeaseStatus) GetSessionReplica() string {
 		return x.SessionReplica
 	}
 	return ""
+}
+
+func (x *LeaseStatus) GetEtcdLeaseTerm() uint64 {
+	if x != nil {
+		return x.EtcdLeaseTerm
+	}
+	return 0
 }
 
 // CreateLeaseRequest is the input of CreateLease.
@@ -1502,14 +1515,15 @@ const file_capstan_v1_lease_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\v2\x17.capstan.v1.LeaseStatusR\x06status\"j\n" +
 	"\tLeaseSpec\x12'\n" +
 	"\x0fholder_identity\x18\x01 \x01(\tR\x0eholderIdentity\x124\n" +
-	"\x16lease_duration_seconds\x18\x02 \x01(\x05R\x14leaseDurationSeconds\"\xf3\x01\n" +
+	"\x16lease_duration_seconds\x18\x02 \x01(\x05R\x14leaseDurationSeconds\"\x9b\x02\n" +
 	"\vLeaseStatus\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12=\n" +
 	"\facquire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vacquireTime\x129\n" +
 	"\n" +
 	"renew_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\trenewTime\x12+\n" +
 	"\x11lease_transitions\x18\x04 \x01(\x05R\x10leaseTransitions\x12'\n" +
-	"\x0fsession_replica\x18\x05 \x01(\tR\x0esessionReplica\"=\n" +
+	"\x0fsession_replica\x18\x05 \x01(\tR\x0esessionReplica\x12&\n" +
+	"\x0fetcd_lease_term\x18\x06 \x01(\x04R\retcdLeaseTerm\"=\n" +
 	"\x12CreateLeaseRequest\x12'\n" +
 	"\x05lease\x18\x01 \x01(\v2\x11.capstan.v1.LeaseR\x05lease\">\n" +
 	"\x13CreateLeaseResponse\x12'\n" +

@@ -161,13 +161,14 @@ func (s *Service) Acquire(ctx context.Context, req *capstanv1.AcquireLeaseReques
 	}
 	now := timestamppb.New(s.now())
 	transitions := history.GetStatus().GetLeaseTransitions()
+	grantTerm := grant.ResponseHeader.GetRaftTerm()
 	if prev := history.GetSpec().GetHolderIdentity(); prev != "" && prev != r.holder {
 		transitions++
 	}
 	lease := &capstanv1.Lease{
 		Metadata: &capstanv1.ObjectMeta{Name: r.name, Namespace: r.namespace, Uid: uuid.NewString(), CreateTime: now, Generation: 1},
 		Spec:     &capstanv1.LeaseSpec{HolderIdentity: r.holder, LeaseDurationSeconds: ttl},
-		Status:   &capstanv1.LeaseStatus{AcquireTime: now, RenewTime: now, LeaseTransitions: transitions},
+		Status:   &capstanv1.LeaseStatus{AcquireTime: now, RenewTime: now, LeaseTransitions: transitions, EtcdLeaseTerm: grantTerm},
 	}
 	data, err := proto.Marshal(lease)
 	if err != nil {
@@ -240,9 +241,12 @@ func (s *Service) Renew(ctx context.Context, req *capstanv1.RenewLeaseRequest) (
 		return nil, err
 	}
 	ctx = clientv3.WithRequireLeader(ctx)
-	kv, held, err := s.held(ctx, r, req.GetEpoch())
+	kv, held, session, term, err := s.heldWithSession(ctx, r, req.GetEpoch())
 	if err != nil {
 		return nil, err
+	}
+	if term > held.GetStatus().GetEtcdLeaseTerm() {
+		return s.renewOnFreshLease(ctx, r, req.GetEpoch(), kv, held, session)
 	}
 	if _, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
 		if isLeaseGone(err) {
@@ -315,17 +319,102 @@ func (s *Service) held(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValu
 	if err != nil {
 		return nil, nil, storageError(err)
 	}
-	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != epoch {
-		return nil, nil, apierrors.LeaseNotHeld(r.namespace, r.name, epoch)
-	}
-	lease, err := decodeLease(resp.Kvs[0])
+	lease, err := s.holding(r, epoch, resp.Kvs)
 	if err != nil {
 		return nil, nil, err
 	}
-	if lease.GetSpec().GetHolderIdentity() != r.holder {
-		return nil, nil, apierrors.LeaseNotHeld(r.namespace, r.name, epoch)
-	}
 	return resp.Kvs[0], lease, nil
+}
+
+// holding decodes the holding at epoch from the lease key's read.
+func (s *Service) holding(r ref, epoch int64, kvs []*mvccpb.KeyValue) (*capstanv1.Lease, error) {
+	if len(kvs) == 0 || kvs[0].CreateRevision != epoch {
+		return nil, apierrors.LeaseNotHeld(r.namespace, r.name, epoch)
+	}
+	lease, err := decodeLease(kvs[0])
+	if err != nil {
+		return nil, err
+	}
+	if lease.GetSpec().GetHolderIdentity() != r.holder {
+		return nil, apierrors.LeaseNotHeld(r.namespace, r.name, epoch)
+	}
+	return lease, nil
+}
+
+// heldWithSession is held, with the session key (nil if there is none) and
+// the raft term of the etcd member that answered, in one read.
+func (s *Service) heldWithSession(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValue, *capstanv1.Lease, *mvccpb.KeyValue, uint64, error) {
+	resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(r.key()), clientv3.OpGet(r.sessionKey())).Commit()
+	if err != nil {
+		return nil, nil, nil, 0, storageError(err)
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	lease, err := s.holding(r, epoch, kvs)
+	if err != nil {
+		return nil, nil, nil, 0, err
+	}
+	var session *mvccpb.KeyValue
+	if skvs := resp.Responses[1].GetResponseRange().GetKvs(); len(skvs) > 0 {
+		session = skvs[0]
+	}
+	return kvs[0], lease, session, resp.Header.GetRaftTerm(), nil
+}
+
+// renewOnFreshLease renews the holding at epoch by moving its key, and its
+// session key, to a newly granted etcd lease: the renewal after an etcd
+// leader change. A deposed etcd leader keeps, in memory, when it last saw
+// each etcd lease renewed; frozen (SIGSTOP, docker pause) for longer than
+// the TTL and thawed, it finds them expired and revokes them — and etcd
+// 3.7 carries that out (its stale-leader guard is skipped while the
+// member's raft ticks look recent, which they do right after a freeze, and
+// a revocation proposed once the member is a follower is forwarded to the
+// new leader). It never knew the etcd lease granted here, in the new term,
+// so it can only revoke the old one, to which nothing is attached any
+// more. A Put keeps the key's create revision: the epoch does not change.
+func (s *Service) renewOnFreshLease(ctx context.Context, r ref, epoch int64, kv *mvccpb.KeyValue, held *capstanv1.Lease, session *mvccpb.KeyValue) (*capstanv1.RenewLeaseResponse, error) {
+	for attempt := 1; ; attempt++ {
+		grant, err := s.client.Grant(ctx, int64(held.GetSpec().GetLeaseDurationSeconds()))
+		if err != nil {
+			return nil, storageError(err)
+		}
+		held.Status.RenewTime = timestamppb.New(s.now())
+		held.Status.EtcdLeaseTerm = grant.ResponseHeader.GetRaftTerm()
+		data, err := proto.Marshal(held)
+		if err != nil {
+			s.revoke(grant.ID)
+			return nil, apierrors.Internal("encode lease: %v", err)
+		}
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(r.key()), "=", epoch),
+			clientv3.Compare(clientv3.ModRevision(r.key()), "=", kv.ModRevision),
+		}
+		ops := []clientv3.Op{clientv3.OpPut(r.key(), string(data), clientv3.WithLease(grant.ID))}
+		if session != nil {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.sessionKey()), "=", session.ModRevision))
+			ops = append(ops, clientv3.OpPut(r.sessionKey(), string(session.Value), clientv3.WithLease(grant.ID)))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(r.sessionKey()), "=", 0))
+		}
+		resp, err := s.client.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			s.revoke(grant.ID)
+			return nil, storageError(err)
+		}
+		if resp.Succeeded {
+			// The old etcd lease, with nothing attached, expires by its TTL.
+			s.log.Debug("lease moved to a fresh etcd lease after an etcd leader change", "lease", r.namespace+"/"+r.name, "holder", r.holder, "epoch", epoch, "term", held.Status.EtcdLeaseTerm)
+			held.Metadata.ResourceVersion = resp.Header.Revision
+			return &capstanv1.RenewLeaseResponse{Lease: held}, nil
+		}
+		s.revoke(grant.ID)
+		if attempt == maxRaceAttempts {
+			return nil, apierrors.Conflict("Lease", r.namespace, r.name, "the lease kept changing while its renewal was recorded")
+		}
+		// A session was recorded (or another renewal) since the read.
+		if kv, held, session, _, err = s.heldWithSession(ctx, r, epoch); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // current returns the holding, or nil if the lease is free.
