@@ -285,11 +285,18 @@ type history struct {
 func recordHistory(t *testing.T, cl *client.Client, kind *resource.Kind, namespace string) *history {
 	t.Helper()
 	h := &history{kind: kind, namespace: namespace, done: make(chan struct{}), current: map[string]resource.Object{}, changed: make(chan struct{})}
-	h.watcher = cl.Watch(context.Background(), kind, client.WatchOptions{Namespace: namespace})
+	// The watch lists first; its first BOOKMARK follows the list. Waiting
+	// for it means that every object created after recordHistory returns
+	// is recorded from its creation on, not first seen, later, in the list
+	// with its current version.
+	h.watcher = cl.Watch(context.Background(), kind, client.WatchOptions{Namespace: namespace, Bookmarks: true})
+	listed := make(chan struct{})
+	markListed := sync.OnceFunc(func() { close(listed) })
 	go func() {
 		defer close(h.done)
 		for ev := range h.watcher.Events() {
 			if ev.Object == nil {
+				markListed()
 				continue
 			}
 			h.mu.Lock()
@@ -313,6 +320,12 @@ func recordHistory(t *testing.T, cl *client.Client, kind *resource.Kind, namespa
 			t.Errorf("the history of %s in %s ended with %v", kind.Name, namespace, err)
 		}
 	})
+	select {
+	case <-listed:
+	case <-h.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("the history of %s in %s: no list within a minute", kind.Name, namespace)
+	}
 	return h
 }
 
