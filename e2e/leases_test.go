@@ -512,10 +512,5 @@ func describeEvents(events []*capstanv1.Event) string {
 
 // nodeIsReady reports whether node's Ready condition is True.
 func nodeIsReady(node *capstanv1.Node) bool {
-	for _, c := range node.GetStatus().GetConditions() {
-		if c.GetType() == wellknown.NodeReady {
-			return c.GetStatus() == wellknown.ConditionTrue
-		}
-	}
-	return false
+	return conditionStatus(node.GetStatus().GetConditions(), wellknown.NodeReady) == wellknown.ConditionTrue
 }

@@ -31,14 +31,6 @@ func NewComposeTarget(c *composecluster.Cluster) *ComposeTarget {
 	return t
 }
 
-func names(units []Unit) []string {
-	var out []string
-	for _, u := range units {
-		out = append(out, u.Name)
-	}
-	return out
-}
-
 // Kind implements Target.
 func (t *ComposeTarget) Kind() string { return "compose" }
 

@@ -47,11 +47,7 @@ func (t *LocalTarget) Units() []Unit { return t.units }
 
 // Kill implements Target.
 func (t *LocalTarget) Kill(ctx context.Context, units ...Unit) error {
-	var names []string
-	for _, u := range units {
-		names = append(names, u.Name)
-	}
-	return t.c.Kill(ctx, names...)
+	return t.c.Kill(ctx, names(units)...)
 }
 
 // Stop implements Target.
@@ -82,20 +78,12 @@ func (t *LocalTarget) Start(ctx context.Context, units ...Unit) error {
 
 // Pause implements Target with SIGSTOP.
 func (t *LocalTarget) Pause(ctx context.Context, units ...Unit) error {
-	var names []string
-	for _, u := range units {
-		names = append(names, u.Name)
-	}
-	return t.c.Pause(ctx, names...)
+	return t.c.Pause(ctx, names(units)...)
 }
 
 // Unpause implements Target with SIGCONT.
 func (t *LocalTarget) Unpause(_ context.Context, units ...Unit) error {
-	var names []string
-	for _, u := range units {
-		names = append(names, u.Name)
-	}
-	return t.c.Resume(names...)
+	return t.c.Resume(names(units)...)
 }
 
 // Freeze implements Target: Pause.

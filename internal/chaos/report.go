@@ -3,6 +3,7 @@ package chaos
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -16,13 +17,13 @@ func (r *Report) Text() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "chaos on %s, seed %d, %v of faults\n\n", r.Target, r.Seed, r.Duration)
 	fmt.Fprintf(&b, "faults: %d\n", len(r.Faults))
-	for _, k := range sortedKeys(r.FaultsBy) {
+	for _, k := range slices.Sorted(maps.Keys(r.FaultsBy)) {
 		fmt.Fprintf(&b, "  %-28s %d\n", k, r.FaultsBy[k])
 	}
 	fmt.Fprintf(&b, "\noperations by kind and code:\n")
-	for _, k := range sortedKeys(r.Operations) {
+	for _, k := range slices.Sorted(maps.Keys(r.Operations)) {
 		var codes []string
-		for _, c := range sortedKeys(r.Operations[k]) {
+		for _, c := range slices.Sorted(maps.Keys(r.Operations[k])) {
 			codes = append(codes, fmt.Sprintf("%s %d", c, r.Operations[k][c]))
 		}
 		fmt.Fprintf(&b, "  %-20s %s\n", k, strings.Join(codes, ", "))

@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"sort"
 	"sync"
 	"time"
 
@@ -73,13 +72,4 @@ func (s *opStats) snapshot() map[string]map[string]int {
 		}
 	}
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -117,4 +117,13 @@ func holderUnit(t Target, holder string) (Unit, bool) {
 	return Unit{}, false
 }
 
+// names are the units' names.
+func names(units []Unit) []string {
+	var out []string
+	for _, u := range units {
+		out = append(out, u.Name)
+	}
+	return out
+}
+
 func errUnsupported(what string) error { return fmt.Errorf("%s: %w", what, ErrUnsupported) }

@@ -7,9 +7,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	capstanv1 "github.com/capstan-dev/capstan/gen/capstan/v1"
 	"github.com/capstan-dev/capstan/internal/client"
 	"github.com/capstan-dev/capstan/internal/resource"
+	"github.com/capstan-dev/capstan/internal/testcluster"
 	"github.com/capstan-dev/capstan/internal/wellknown"
 )
 
@@ -34,7 +37,7 @@ const (
 
 func echoSpec(command string, version int) *capstanv1.PodSpec {
 	return &capstanv1.PodSpec{
-		TerminationGracePeriodSeconds: ptr(int64(2)),
+		TerminationGracePeriodSeconds: proto.Int64(2),
 		Containers: []*capstanv1.Container{{
 			Name: "echo", Command: []string{command},
 			Env:            []*capstanv1.EnvVar{{Name: "VERSION", Value: fmt.Sprint(version)}},
@@ -44,8 +47,6 @@ func echoSpec(command string, version int) *capstanv1.PodSpec {
 		}},
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // desiredLog is the sizes asked of one workload, with when.
 type desiredLog struct {
@@ -109,7 +110,7 @@ func (w *workloads) create(ctx context.Context) error {
 	if _, err := w.c.Create(ctx, &capstanv1.Deployment{
 		Metadata: &capstanv1.ObjectMeta{Namespace: w.ns, Name: deploymentName},
 		Spec: &capstanv1.DeploymentSpec{
-			Replicas: ptr(int32(3)),
+			Replicas: proto.Int32(3),
 			Selector: &capstanv1.LabelSelector{MatchLabels: labels},
 			Template: &capstanv1.PodTemplateSpec{Metadata: &capstanv1.ObjectMeta{Labels: labels}, Spec: echoSpec(w.echo, 0)},
 			Strategy: &capstanv1.DeploymentStrategy{Type: "RollingUpdate", RollingUpdate: &capstanv1.RollingUpdateDeployment{MaxSurge: fmt.Sprint(maxSurge), MaxUnavailable: "1"}},
@@ -117,15 +118,7 @@ func (w *workloads) create(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create deployment: %w", err)
 	}
-	steadyLabels := map[string]string{"app": replicaSetName}
-	if _, err := w.c.Create(ctx, &capstanv1.ReplicaSet{
-		Metadata: &capstanv1.ObjectMeta{Namespace: w.ns, Name: replicaSetName},
-		Spec: &capstanv1.ReplicaSetSpec{
-			Replicas: ptr(int32(3)),
-			Selector: &capstanv1.LabelSelector{MatchLabels: steadyLabels},
-			Template: &capstanv1.PodTemplateSpec{Metadata: &capstanv1.ObjectMeta{Labels: steadyLabels}, Spec: echoSpec(w.echo, 0)},
-		},
-	}); err != nil {
+	if _, err := w.c.Create(ctx, testcluster.ReplicaSet(w.ns, replicaSetName, 3, echoSpec(w.echo, 0))); err != nil {
 		return fmt.Errorf("create replicaset: %w", err)
 	}
 	return nil

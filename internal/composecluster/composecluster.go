@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/capstan-dev/capstan/internal/localcluster"
 	"github.com/capstan-dev/capstan/internal/poll"
 )
 
@@ -92,13 +93,13 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Root == "" || cfg.Project == "" {
 		return nil, errors.New("composecluster: Config needs Root and Project")
 	}
+	free, err := localcluster.FreeLoopbackPorts(len(cfg.APIPorts))
+	if err != nil {
+		return nil, err
+	}
 	for i, p := range cfg.APIPorts {
 		if p == 0 {
-			free, err := freePort()
-			if err != nil {
-				return nil, err
-			}
-			cfg.APIPorts[i] = free
+			cfg.APIPorts[i] = free[i]
 		}
 	}
 	c := &Cluster{cfg: cfg, ids: map[string]string{}}
@@ -120,15 +121,6 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.ids[s] = id
 	}
 	return c, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // APIAddrs are the API replicas' addresses on the host, master-1 first.
