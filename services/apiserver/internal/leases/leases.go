@@ -397,7 +397,10 @@ func (s *Service) renewOnFreshLease(ctx context.Context, r ref, epoch int64, kv 
 		}
 		resp, err := s.client.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			s.revoke(grant.ID)
+			// The transaction may have been applied: the holding may now
+			// ride on grant, so it must not be revoked. If it was not
+			// applied, nothing is attached to grant and it expires by its
+			// TTL.
 			return nil, storageError(err)
 		}
 		if resp.Succeeded {
