@@ -66,6 +66,9 @@ type Options struct {
 	// compacted away: that object is known by its key alone. It must not
 	// block; it is called from the caller's goroutine or a watch's.
 	StampCreateRevision func(obj storage.Object, createRevision int64)
+	// Now is the wall clock request records are filed by (nil: time.Now);
+	// tests set it to play a replica whose clock differs.
+	Now func() time.Time
 }
 
 // Store is the etcd implementation of storage.Interface.
@@ -73,6 +76,7 @@ type Store struct {
 	client *clientv3.Client
 	log    *slog.Logger
 	stamp  func(obj storage.Object, createRevision int64)
+	now    func() time.Time
 }
 
 var _ storage.Interface = (*Store)(nil)
@@ -88,7 +92,11 @@ func New(client *clientv3.Client, opts Options) *Store {
 	if stamp == nil {
 		stamp = func(storage.Object, int64) {}
 	}
-	return &Store{client: client, log: log, stamp: stamp}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{client: client, log: log, stamp: stamp, now: now}
 }
 
 // marshalOptions make equal objects encode to equal bytes.
@@ -178,7 +186,7 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		conds = append(conds, fenceCompare(opts.Fence))
 		fenceAt, orElse = len(orElse), append(orElse, clientv3.OpGet(opts.Fence.LeaseKey, clientv3.WithKeysOnly()))
 	}
-	req := newRequest(opts.RequestID, time.Now())
+	req := newRequest(opts.RequestID, s.now())
 	if req != nil {
 		conds = append(conds, req.absent()...)
 		then = append(then, req.put(key, false))
@@ -317,7 +325,7 @@ func (s *Store) Update(ctx context.Context, key string, newObj storage.NewFunc, 
 	if opts.TTLLease != 0 {
 		putOpts = []clientv3.OpOption{clientv3.WithLease(clientv3.LeaseID(opts.TTLLease))}
 	}
-	req := newRequest(opts.RequestID, time.Now())
+	req := newRequest(opts.RequestID, s.now())
 	kv, rec, err := s.read(ctx, key, req)
 	if err != nil {
 		return nil, err
@@ -385,7 +393,7 @@ func (s *Store) Delete(ctx context.Context, key string, newObj storage.NewFunc, 
 	if err := checkFence(opts.Fence); err != nil {
 		return nil, err
 	}
-	req := newRequest(opts.RequestID, time.Now())
+	req := newRequest(opts.RequestID, s.now())
 	kv, rec, err := s.read(ctx, key, req)
 	if err != nil {
 		return nil, err

@@ -578,6 +578,45 @@ func TestRequestRecordsByMinute(t *testing.T) {
 	}
 }
 
+// A create's first attempt can reach etcd after its retry was recorded
+// in a later minute: a transaction is evaluated when etcd applies it, and
+// one held in a frozen etcd member is applied when the member resumes. If
+// the object was deleted meanwhile, the late attempt must not create it
+// again: it finds the retry's record, wherever the minutes fall.
+func TestLateAttemptFindsTheRecordOfALaterMinute(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	ctx := t.Context()
+	for _, skew := range []time.Duration{time.Minute, 2*time.Minute + 50*time.Second, -time.Minute} {
+		t.Run(skew.String(), func(t *testing.T) {
+			late := New(client, Options{Logger: testLogger(t)})
+			retry := New(client, Options{Logger: testLogger(t), Now: func() time.Time { return time.Now().Add(skew) }})
+			name := fmt.Sprintf("late-%d", int64(skew.Seconds()))
+			key := configMaps.Key("records", name)
+			cm := &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: "records"}, Data: map[string]string{"v": "1"}}
+			id := "late-" + name
+
+			created, err := retry.Create(ctx, key, cm, storage.WriteOptions{RequestID: id})
+			if err != nil {
+				t.Fatalf("retry's create: %v", err)
+			}
+			if _, err := late.Delete(ctx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{}); err != nil {
+				t.Fatalf("another client's delete: %v", err)
+			}
+			answer, err := late.Create(ctx, key, cm, storage.WriteOptions{RequestID: id})
+			if err != nil {
+				t.Fatalf("late attempt: %v", err)
+			}
+			if !proto.Equal(answer, created) {
+				t.Errorf("late attempt answered %v, want the recorded create %v", answer, created)
+			}
+			if resp, err := client.Get(ctx, key); err != nil || len(resp.Kvs) != 0 {
+				t.Fatalf("after the late attempt: %v, %v; want the object still deleted", resp, err)
+			}
+		})
+	}
+}
+
 // createRecordedAt is Create with the request recorded as at time at.
 func createRecordedAt(ctx context.Context, s *Store, key string, obj storage.Object, id string, at time.Time) (storage.Object, error) {
 	req := newRequest(id, at)

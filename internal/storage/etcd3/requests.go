@@ -40,6 +40,15 @@ import (
 // the clocks of API replicas that differ, and within the history etcd keeps
 // by default (auto-compaction retention five minutes) for the time a
 // record is looked for.
+//
+// The condition also looks requestCheckedMinutes-1 minutes ahead. A
+// transaction is evaluated when etcd applies it, which can be long after
+// the replica built it: one sent to an etcd member that was frozen (the
+// etcd leader's host paused) waits in that member's socket or proposal
+// queue, and is proposed when the member resumes, after the caller's retry
+// was recorded elsewhere in a later minute. Looking only back, such a late
+// create found no record of its id and re-created an object deleted
+// meanwhile (seen by the chaos run's linearizability check).
 const (
 	RequestKeyPrefix      = "/capstan-internal/requests/"
 	requestCheckedMinutes = 4
@@ -59,8 +68,9 @@ type record struct {
 // request is what a write with a request id adds to its transaction.
 type request struct {
 	id string
-	// checked are the keys a record of id may have (the minutes looked
-	// at), the current minute's first; it is the one a write puts.
+	// checked are the keys a record of id may have: the current minute's
+	// first (the one a write puts), then the requestCheckedMinutes-1
+	// minutes before and after it.
 	checked []string
 }
 
@@ -71,9 +81,9 @@ func newRequest(id string, now time.Time) *request {
 		return nil
 	}
 	minute := now.Unix() / 60
-	r := &request{id: id}
-	for i := range int64(requestCheckedMinutes) {
-		r.checked = append(r.checked, minuteKey(minute-i)+id)
+	r := &request{id: id, checked: []string{minuteKey(minute) + id}}
+	for i := int64(1); i < requestCheckedMinutes; i++ {
+		r.checked = append(r.checked, minuteKey(minute-i)+id, minuteKey(minute+i)+id)
 	}
 	return r
 }
