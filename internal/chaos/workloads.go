@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -232,9 +234,12 @@ func (p *podWatch) observe(typ capstanv1.WatchEventType, pod *capstanv1.Pod) {
 	now := time.Now()
 	for app, log := range map[string]*desiredLog{deploymentName: &p.w.web, replicaSetName: &p.w.steady} {
 		var active int32
+		var names []string
 		for _, q := range p.current {
 			if q.GetMetadata().GetLabels()["app"] == app && activePod(q) {
 				active++
+				names = append(names, fmt.Sprintf("%s (created %s, on %q)", q.GetMetadata().GetName(),
+					q.GetMetadata().GetCreateTime().AsTime().Format(time.StampMilli), q.GetSpec().GetNodeName()))
 			}
 		}
 		bound := log.bound(now)
@@ -243,7 +248,8 @@ func (p *podWatch) observe(typ capstanv1.WatchEventType, pod *capstanv1.Pod) {
 		}
 		p.maxSeen[app] = max(p.maxSeen[app], active)
 		if active > bound {
-			p.overs = append(p.overs, fmt.Sprintf("%s had %d active pods at %s, above its bound %d", app, active, now.Format(time.StampMilli), bound))
+			slices.Sort(names)
+			p.overs = append(p.overs, fmt.Sprintf("%s had %d active pods at %s, above its bound %d: %s", app, active, now.Format(time.StampMilli), bound, strings.Join(names, ", ")))
 		}
 	}
 }

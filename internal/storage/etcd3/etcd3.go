@@ -191,6 +191,7 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		conds = append(conds, req.absent()...)
 		then = append(then, req.put(key, false))
 		recordAt, orElse = len(orElse), append(orElse, req.gets()...)
+		orElse = append(orElse, req.refusal(key, opts.Fence))
 	}
 	if err := checkDeadline(ctx); err != nil {
 		return nil, err

@@ -617,6 +617,48 @@ func TestLateAttemptFindsTheRecordOfALaterMinute(t *testing.T) {
 	}
 }
 
+// A create refused because its key existed is refused for good under its
+// request id: an earlier attempt of the same request that reaches etcd
+// late — after the key was deleted — must not create it, or a create
+// reported ALREADY_EXISTS would have happened after all. Whatever minute
+// each attempt was filed in.
+func TestRefusedCreateStaysRefused(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	ctx := t.Context()
+	for _, skew := range []time.Duration{0, time.Minute, -time.Minute} {
+		t.Run(skew.String(), func(t *testing.T) {
+			late := New(client, Options{Logger: testLogger(t)})
+			retry := New(client, Options{Logger: testLogger(t), Now: func() time.Time { return time.Now().Add(skew) }})
+			name := fmt.Sprintf("refused-%d", int64(skew.Seconds()))
+			key := configMaps.Key("records", name)
+			theirs := &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: "records"}, Data: map[string]string{"v": "theirs"}}
+			mine := &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: "records"}, Data: map[string]string{"v": "mine"}}
+			id := "refused-" + name
+
+			if _, err := late.Create(ctx, key, theirs, storage.WriteOptions{}); err != nil {
+				t.Fatalf("another client's create: %v", err)
+			}
+			if _, err := retry.Create(ctx, key, mine, storage.WriteOptions{RequestID: id}); !apierrors.IsAlreadyExists(err) {
+				t.Fatalf("retry over the other client's object: %v, want ALREADY_EXISTS", err)
+			}
+			if _, err := late.Delete(ctx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{}); err != nil {
+				t.Fatalf("another client's delete: %v", err)
+			}
+			if _, err := late.Create(ctx, key, mine, storage.WriteOptions{RequestID: id}); !apierrors.IsAlreadyExists(err) {
+				t.Errorf("late first attempt: %v, want the recorded ALREADY_EXISTS", err)
+			}
+			if resp, err := client.Get(ctx, key); err != nil || len(resp.Kvs) != 0 {
+				t.Fatalf("after the late attempt: %v, %v; want the object still deleted", resp, err)
+			}
+			// A create of a free key with a new id is not affected.
+			if _, err := late.Create(ctx, key, mine, storage.WriteOptions{RequestID: id + "-new"}); err != nil {
+				t.Errorf("create with a new id: %v", err)
+			}
+		})
+	}
+}
+
 // createRecordedAt is Create with the request recorded as at time at.
 func createRecordedAt(ctx context.Context, s *Store, key string, obj storage.Object, id string, at time.Time) (storage.Object, error) {
 	req := newRequest(id, at)

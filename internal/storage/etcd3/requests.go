@@ -63,6 +63,9 @@ type record struct {
 	Key string `json:"key"`
 	// Deleted: the write deleted the key (else it put it).
 	Deleted bool `json:"deleted,omitempty"`
+	// Refused: the write was a create refused because the key existed
+	// (ALREADY_EXISTS); it wrote nothing else.
+	Refused bool `json:"refused,omitempty"`
 }
 
 // request is what a write with a request id adds to its transaction.
@@ -111,6 +114,24 @@ func (r *request) gets() []clientv3.Op {
 func (r *request) put(objectKey string, deleted bool) clientv3.Op {
 	data, _ := json.Marshal(record{Key: objectKey, Deleted: deleted}) // cannot fail on a string and a bool
 	return clientv3.OpPut(r.checked[0], string(data))
+}
+
+// refusal is the transaction op, for a create's Else branch, that records
+// the create's refusal: if no record of the request exists and the key does
+// (and the fence, if any, holds: a broken fence is the answer then), the
+// refusal is put. A refused create is thus refused for good. Without it, an
+// earlier attempt of the same request still on its way — held in a frozen
+// etcd member, say — could be applied after this attempt's ALREADY_EXISTS
+// was returned, once the key was deleted: a create reported refused would
+// happen (found by the chaos run). Updates and deletes need no such record:
+// they are conditional on a mod revision that a refusal has seen pass.
+func (r *request) refusal(objectKey string, fence *storage.Fence) clientv3.Op {
+	conds := append(r.absent(), clientv3.Compare(clientv3.CreateRevision(objectKey), "!=", 0))
+	if fence != nil {
+		conds = append(conds, fenceCompare(fence))
+	}
+	data, _ := json.Marshal(record{Key: objectKey, Refused: true}) // cannot fail on a string and a bool
+	return clientv3.OpTxn(conds, []clientv3.Op{clientv3.OpPut(r.checked[0], string(data))}, nil)
 }
 
 // recordIn returns the record read by the request's gets, which start at
@@ -178,6 +199,11 @@ func (s *Store) recorded(ctx context.Context, req *request, key string, rec *mvc
 		kind, ns, name := objectRef(r.Key)
 		return nil, apierrors.Invalid(wellknown.MetadataRequestID,
 			fmt.Sprintf("request id %q already names a write of %s %s; every call needs its own id", req.id, kind, qualifiedName(ns, name)))
+	}
+	if r.Refused {
+		s.log.DebugContext(ctx, "a repeated create found its refusal recorded: refusing it again", "request-id", req.id, "key", key)
+		kind, ns, name := objectRef(key)
+		return nil, apierrors.AlreadyExists(kind, ns, name)
 	}
 	at := rec.ModRevision
 	if r.Deleted {
