@@ -193,19 +193,40 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		recordAt, orElse = len(orElse), append(orElse, req.gets()...)
 		orElse = append(orElse, req.refusal(key, opts.Fence))
 	}
-	if err := checkDeadline(ctx); err != nil {
-		return nil, err
+	clockAt := -1
+	if cmp, ok := clockCompare(ctx); ok {
+		conds = append(conds, cmp)
+		clockAt, orElse = len(orElse), append(orElse, clientv3.OpGet(ClockKey))
 	}
-	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).Then(then...).Else(orElse...).Commit()
-	if err != nil {
-		return nil, statusOf(err)
-	}
-	if !resp.Succeeded {
+	var resp *clientv3.TxnResponse
+	for clockStarted := false; ; clockStarted = true {
+		if err := checkDeadline(ctx); err != nil {
+			return nil, err
+		}
+		var err error
+		resp, err = s.client.Txn(withLeader(ctx)).If(conds...).Then(then...).Else(orElse...).Commit()
+		if err != nil {
+			return nil, statusOf(err)
+		}
+		if resp.Succeeded {
+			break
+		}
 		if rec := req.recordIn(resp, recordAt); rec != nil {
 			return s.recorded(ctx, req, key, rec, newLike(obj))
 		}
 		if opts.Fence != nil && !fenceHolds(opts.Fence, resp, fenceAt) {
 			return nil, leaseNotHeld(opts.Fence)
+		}
+		switch clockIn(ctx, resp, clockAt) {
+		case clockPassed:
+			return nil, lateWrite(ctx)
+		case clockMissing:
+			if !clockStarted {
+				if err := s.startClock(ctx); err != nil {
+					return nil, err
+				}
+				continue
+			}
 		}
 		kind, ns, name := objectRef(key)
 		return nil, apierrors.AlreadyExists(kind, ns, name)
@@ -256,7 +277,8 @@ func checkPreconditions(key string, cur storage.Object, pre storage.Precondition
 // returns the transaction response when it committed; otherwise the key's
 // current value (nil if it is gone), so the caller can retry from it, or
 // the request's record if the request was recorded meanwhile. A broken
-// fence is an error.
+// fence is an error, and so is etcd applying the write after ctx's deadline
+// (the cluster clock, clock.go).
 func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops []clientv3.Op, deleted bool, fence *storage.Fence, req *request) (committed *clientv3.TxnResponse, fresh, rec *mvccpb.KeyValue, err error) {
 	key := string(cur.Key)
 	conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", cur.ModRevision)}
@@ -273,9 +295,14 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 			ops = append(ops, req.put(key, deleted))
 		}
 	}
+	clockAt := -1
 	if len(ops) > 0 {
 		if err := checkDeadline(ctx); err != nil {
 			return nil, nil, nil, err
+		}
+		if cmp, ok := clockCompare(ctx); ok {
+			conds = append(conds, cmp)
+			clockAt, orElse = len(orElse), append(orElse, clientv3.OpGet(ClockKey))
 		}
 	}
 	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).Then(ops...).Else(orElse...).Commit()
@@ -290,6 +317,15 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 	}
 	if fence != nil && !fenceHolds(fence, resp, fenceAt) {
 		return nil, nil, nil, leaseNotHeld(fence)
+	}
+	switch clockIn(ctx, resp, clockAt) {
+	case clockPassed:
+		return nil, nil, nil, lateWrite(ctx)
+	case clockMissing:
+		// Started, the caller tries again from the value read.
+		if err := s.startClock(ctx); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	return nil, kvIn(resp, 0), nil, nil
 }

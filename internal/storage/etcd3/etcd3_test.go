@@ -675,3 +675,83 @@ func createRecordedAt(ctx context.Context, s *Store, key string, obj storage.Obj
 	resource.Meta(stored).ResourceVersion = resp.Header.Revision
 	return stored, nil
 }
+
+// A write that etcd applies after its deadline — it waited in a frozen
+// member — writes nothing: by then the cluster clock has passed the
+// deadline. The clock is moved ahead here as it would have moved while the
+// write waited; each kind of write is refused DEADLINE_EXCEEDED and leaves
+// the key as it was. A missing clock is started by the first write.
+func TestWriteAppliedAfterItsDeadlineWritesNothing(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	store := New(client, Options{Logger: testLogger(t)})
+	ctx := t.Context()
+	key := configMaps.Key("clock", "a")
+	cm := &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: "a", Namespace: "clock"}, Data: map[string]string{"v": "1"}}
+
+	if _, err := client.Delete(ctx, ClockKey); err != nil {
+		t.Fatal(err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	created, err := store.Create(callCtx, key, cm, storage.WriteOptions{RequestID: "clock-create"})
+	if err != nil {
+		t.Fatalf("create with no clock yet: %v", err)
+	}
+	if resp, err := client.Get(ctx, ClockKey); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("clock after the first write: %v, %v; want it started", resp, err)
+	}
+
+	// The cluster's time runs past the calls' deadline while they wait.
+	if err := store.advanceClock(ctx, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	lateCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	late := func(what string, err error) {
+		t.Helper()
+		if apierrors.Code(err) != codes.DeadlineExceeded {
+			t.Errorf("%s applied after its deadline: %v, want DEADLINE_EXCEEDED", what, err)
+		}
+	}
+	_, err = store.Create(lateCtx, configMaps.Key("clock", "b"), &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: "b", Namespace: "clock"}}, storage.WriteOptions{RequestID: "clock-late-create"})
+	late("create", err)
+	_, err = store.Update(lateCtx, key, newConfigMap, storage.Preconditions{}, func(obj storage.Object) (storage.Object, error) {
+		obj.(*capstanv1.ConfigMap).Data["v"] = "2"
+		return obj, nil
+	}, storage.WriteOptions{RequestID: "clock-late-update"})
+	late("update", err)
+	_, err = store.Delete(lateCtx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{})
+	late("delete", err)
+
+	got, err := store.Get(ctx, key, newConfigMap)
+	if err != nil || !proto.Equal(got, created) {
+		t.Errorf("after the late writes: %v, %v; want %v unchanged", got, err, created)
+	}
+	if _, err := store.Get(ctx, configMaps.Key("clock", "b"), newConfigMap); !apierrors.IsNotFound(err) {
+		t.Errorf("late create's object: %v, want NOT_FOUND", err)
+	}
+	// Without a deadline there is nothing to be late for.
+	if _, err := store.Delete(ctx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{}); err != nil {
+		t.Errorf("delete without a deadline: %v", err)
+	}
+}
+
+// The clock only moves forward: a replica whose clock is behind writes
+// nothing.
+func TestClockOnlyMovesForward(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	client := cluster.Client(t)
+	store := New(client, Options{Logger: testLogger(t)})
+	ctx := t.Context()
+	now := time.Now()
+	for _, at := range []time.Time{now, now.Add(-time.Second), now.Add(time.Second), now} {
+		if err := store.advanceClock(ctx, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := client.Get(ctx, ClockKey)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != clockValue(now.Add(time.Second)) {
+		t.Fatalf("clock: %v, %v; want %s", resp, err, clockValue(now.Add(time.Second)))
+	}
+}

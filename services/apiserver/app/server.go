@@ -265,6 +265,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 			etcdendpoints.Track(monitorCtx, client, etcdendpoints.Options{Logger: logger.With("subsystem", "etcd-endpoints")})
 		})
 		wg.Go(func() { store.ExpireRequests(monitorCtx) })
+		wg.Go(func() { store.TickClock(monitorCtx) })
 		monitorQuorum(monitorCtx, client, srv, logger)
 		wg.Wait()
 	}()
