@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs docker compose on the repository's docker-compose.yml with whichever
 # compose this machine has: the `docker compose` plugin or the standalone
-# `docker-compose` (Debian's package, v1, which has no `up --wait`).
+# `docker-compose` (Debian's package, v1, which has no `up --wait`);
+# CAPSTAN_COMPOSE=plugin or CAPSTAN_COMPOSE=standalone picks one.
 #
 #   deploy/compose.sh up          # up -d, then wait until every container is healthy
 #   deploy/compose.sh down [-v]   # stop; -v also deletes the data volumes
@@ -12,14 +13,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if docker compose version >/dev/null 2>&1; then
-  compose=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
-  compose=(docker-compose)
-else
-  echo "compose.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
-  exit 1
-fi
+case "${CAPSTAN_COMPOSE:-}" in
+  plugin) compose=(docker compose) ;;
+  standalone) compose=(docker-compose) ;;
+  "")
+    if docker compose version >/dev/null 2>&1; then
+      compose=(docker compose)
+    elif command -v docker-compose >/dev/null 2>&1; then
+      compose=(docker-compose)
+    else
+      echo "compose.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
+      exit 1
+    fi ;;
+  *)
+    echo "compose.sh: CAPSTAN_COMPOSE is plugin (docker compose) or standalone (docker-compose), not '${CAPSTAN_COMPOSE}'" >&2
+    exit 2 ;;
+esac
 
 # wait_healthy polls the health of every container of the project until all
 # are healthy, one has no health check and is running, or the time is up.

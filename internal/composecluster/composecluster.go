@@ -46,9 +46,32 @@ type Config struct {
 	// APIPorts are the host ports of the three API replicas on 127.0.0.1;
 	// zeros are replaced by free ports.
 	APIPorts [3]int
-	// ImageTag is CAPSTAN_IMAGE_TAG; empty means the compose file's
-	// default (dev).
+	// ImageTag is CAPSTAN_IMAGE_TAG; empty means the one `make images`
+	// wrote to .env (or the caller's environment).
 	ImageTag string
+	// Compose picks the compose that runs the project: Plugin, Standalone,
+	// or "" for deploy/compose.sh's choice (the plugin where it exists).
+	Compose string
+}
+
+// The composes deploy/compose.sh can run (CAPSTAN_COMPOSE).
+const (
+	// Plugin is `docker compose`, the Docker CLI plugin (v2 and later).
+	Plugin = "plugin"
+	// Standalone is `docker-compose`, the standalone v1 program.
+	Standalone = "standalone"
+)
+
+// Composes lists the composes this machine has, the plugin first.
+func Composes(ctx context.Context) []string {
+	var have []string
+	if exec.CommandContext(ctx, "docker", "compose", "version").Run() == nil {
+		have = append(have, Plugin)
+	}
+	if exec.CommandContext(ctx, "docker-compose", "version").Run() == nil {
+		have = append(have, Standalone)
+	}
+	return have
 }
 
 // Cluster is a compose project that Up started. The faults go to the
@@ -143,6 +166,9 @@ func (c *Cluster) Env() []string {
 	}
 	if c.cfg.ImageTag != "" {
 		env = append(env, "CAPSTAN_IMAGE_TAG="+c.cfg.ImageTag)
+	}
+	if c.cfg.Compose != "" {
+		env = append(env, "CAPSTAN_COMPOSE="+c.cfg.Compose)
 	}
 	return env
 }

@@ -46,16 +46,27 @@ func binDir(t *testing.T) string {
 	return filepath.Join(repoRoot(t), "bin")
 }
 
-// startCluster starts the compose cluster under a project of the test's
-// own, on free API ports, and takes it down (volumes included) at the end.
-func startCluster(t *testing.T) *composecluster.Cluster {
+// composes are the composes to test with: every one this machine has.
+func composes(t *testing.T) []string {
+	t.Helper()
+	if !composecluster.Available(t.Context()) {
+		t.Skip("SKIPPED: no Docker engine (docker info failed)")
+	}
+	have := composecluster.Composes(t.Context())
+	if len(have) == 0 {
+		t.Fatal("neither `docker compose` nor `docker-compose` runs here; .ci/run builds the plugin (make compose-plugin)")
+	}
+	return have
+}
+
+// startCluster starts the compose cluster with compose (a
+// composecluster.Plugin or Standalone) under a project of the test's own,
+// on free API ports, and takes it down (volumes included) at the end.
+func startCluster(t *testing.T, compose string) *composecluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	if !composecluster.Available(ctx) {
-		t.Skip("SKIPPED: no Docker engine (docker info failed)")
-	}
-	c, err := composecluster.Up(ctx, composecluster.Config{Root: repoRoot(t), Project: "capstan-docker-test"})
+	c, err := composecluster.Up(ctx, composecluster.Config{Root: repoRoot(t), Project: "capstan-docker-test", Compose: compose})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,14 +133,60 @@ spec:
         resources: {requests: {cpu: 100m, memory: 32Mi}}
 `
 
-// TestQuickStart takes the README's quick start on the compose cluster:
-// grpcurl answers on all three published ports; a ReplicaSet of echo pods
-// runs on the workers; capctl port-forward reaches one from the host; a
-// whole master (API server, controller manager, scheduler) stopped moves
-// the leases it held and leaves the rest serving; started again, it
-// rejoins.
+// TestQuickStart takes the README's quick start on the compose cluster,
+// with each compose this machine has (the `docker compose` plugin and
+// Debian's `docker-compose`): grpcurl answers on all three published
+// ports; a ReplicaSet of echo pods runs on the workers; capctl
+// port-forward reaches one from the host; a whole master (API server,
+// controller manager, scheduler) stopped moves the leases it held and
+// leaves the rest serving; started again, it rejoins.
 func TestQuickStart(t *testing.T) {
-	c := startCluster(t)
+	for _, compose := range composes(t) {
+		t.Run(compose, func(t *testing.T) { quickStart(t, compose) })
+	}
+}
+
+// A bare `up` before `make images` has built anything (no .env, no
+// CAPSTAN_IMAGE_TAG) fails at once, saying how to build the images, and
+// creates nothing.
+func TestBareComposeUpSaysHowToBuildImages(t *testing.T) {
+	for _, compose := range composes(t) {
+		t.Run(compose, func(t *testing.T) {
+			dir := t.TempDir()
+			data, err := os.ReadFile(filepath.Join(repoRoot(t), "docker-compose.yml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "docker-compose.yml"), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			argv := []string{"docker", "compose", "up", "-d"}
+			if compose == composecluster.Standalone {
+				argv = []string{"docker-compose", "up", "-d"}
+			}
+			const project = "capstan-bare-up-test"
+			cmd := exec.CommandContext(t.Context(), argv[0], argv[1:]...)
+			cmd.Dir = dir
+			for _, kv := range os.Environ() {
+				if !strings.HasPrefix(kv, "CAPSTAN_IMAGE_TAG=") && !strings.HasPrefix(kv, "COMPOSE_") {
+					cmd.Env = append(cmd.Env, kv)
+				}
+			}
+			cmd.Env = append(cmd.Env, "COMPOSE_PROJECT_NAME="+project)
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "make images") {
+				t.Errorf("%s in a checkout without images: %v\n%s\nwant a failure that says to run make images", strings.Join(argv, " "), err, out)
+			}
+			ps, err := exec.CommandContext(t.Context(), "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+project).Output()
+			if err != nil || len(strings.TrimSpace(string(ps))) > 0 {
+				t.Errorf("containers of %s after the failed up: %q, %v; want none", project, ps, err)
+			}
+		})
+	}
+}
+
+func quickStart(t *testing.T, compose string) {
+	c := startCluster(t, compose)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	root := repoRoot(t)
