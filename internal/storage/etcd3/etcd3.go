@@ -221,12 +221,13 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		case clockPassed:
 			return nil, lateWrite(ctx)
 		case clockMissing:
-			if !clockStarted {
-				if err := s.startClock(ctx); err != nil {
-					return nil, err
-				}
-				continue
+			if clockStarted {
+				return nil, apierrors.Internal("the cluster clock %s is gone again right after this write started it", ClockKey)
 			}
+			if err := s.startClock(ctx); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		kind, ns, name := objectRef(key)
 		return nil, apierrors.AlreadyExists(kind, ns, name)
