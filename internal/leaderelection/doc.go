@@ -44,9 +44,9 @@
 // # Shutdown
 //
 // When Run's context ends while leading, the elector cancels the leading
-// context, waits up to Config.ReleaseWait for OnStartedLeading to return,
-// then calls ReleaseLease so a standby takes over at once. Run returns once
-// OnStartedLeading has returned.
+// context and calls ReleaseLease at once, so a standby takes over without
+// waiting for this replica's controllers to stop; whatever they still write
+// is refused by the fence. Run returns once OnStartedLeading has returned.
 //
 // # Observability
 //

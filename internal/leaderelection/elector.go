@@ -31,8 +31,8 @@ const (
 	DefaultTTL = 6 * time.Second
 	// MinTTL is the shortest lease etcd grants with its default tick.
 	MinTTL = 2 * time.Second
-	// DefaultReleaseWait bounds the wait for OnStartedLeading to return on
-	// shutdown before the lease is released anyway.
+	// DefaultReleaseWait is how long Run waits for OnStartedLeading to
+	// return, once the leadership ended, before saying it still waits.
 	DefaultReleaseWait = 2 * time.Second
 )
 
@@ -88,9 +88,10 @@ type Config struct {
 	// TTL is the lease duration: whole seconds, at least MinTTL. Default
 	// DefaultTTL.
 	TTL time.Duration
-	// ReleaseWait bounds how long Run, when its context ends while leading,
-	// waits for OnStartedLeading to return before releasing the lease
-	// anyway (writes the callback still makes are refused by then).
+	// ReleaseWait is how long Run waits for OnStartedLeading to return,
+	// after the leadership ended, before it logs that it is still waiting
+	// (and again after each further ReleaseWait). On shutdown the lease is
+	// released first: writes the callback still makes are refused by then.
 	// Default DefaultReleaseWait.
 	ReleaseWait time.Duration
 	// Logger receives one line per transition and the failures; it should
@@ -306,9 +307,8 @@ type observedHolding struct {
 }
 
 // Run campaigns for the lease and leads whenever it holds it, until ctx
-// ends. If it leads then, it cancels the leading context, waits (at most
-// Config.ReleaseWait) for OnStartedLeading to return, releases the lease,
-// and returns once OnStartedLeading has returned. It returns nil after ctx
+// ends. If it leads then, it cancels the leading context, releases the
+// lease, and returns once OnStartedLeading has returned. It returns nil after ctx
 // ends, and an error only for a misuse (a second Run, no OnStartedLeading).
 func (e *Elector) Run(ctx context.Context, cb Callbacks) error {
 	if cb.OnStartedLeading == nil {
@@ -574,18 +574,14 @@ wait:
 	<-renewDone
 
 	if shutdown {
-		// Hand over promptly: a callback that is slow to stop can no
-		// longer write once the lease is released.
-		waitTimer := e.clock.NewTimer(e.releaseWait)
-		select {
-		case <-callbackDone:
-		case <-waitTimer.C():
-			e.log.Warn("OnStartedLeading has not returned; releasing the lease anyway", "waited", e.releaseWait)
-		}
-		waitTimer.Stop()
+		// Hand over at once, without waiting for the callback to stop: the
+		// fence refuses whatever it still writes once the lease is
+		// released, and a write it made before is in etcd before the
+		// release, so the successor's first List sees it. (Waiting first
+		// added the callback's stop to every SIGTERM handover.)
 		e.release(ctx, h.epoch)
 		endSession()
-		<-callbackDone
+		e.waitCallback(callbackDone)
 	} else {
 		if !mayStillHold {
 			endSession()
