@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -66,8 +67,9 @@ type Options struct {
 	// compacted away: that object is known by its key alone. It must not
 	// block; it is called from the caller's goroutine or a watch's.
 	StampCreateRevision func(obj storage.Object, createRevision int64)
-	// Now is the wall clock request records are filed by (nil: time.Now);
-	// tests set it to play a replica whose clock differs.
+	// Now is this replica's wall clock, which request records are filed by
+	// and the cluster clock is written from (nil: time.Now); tests set it
+	// to play a replica whose clock differs.
 	Now func() time.Time
 }
 
@@ -77,6 +79,12 @@ type Store struct {
 	log    *slog.Logger
 	stamp  func(obj storage.Object, createRevision int64)
 	now    func() time.Time
+	// clockLead is how far the cluster clock led this replica's wall
+	// clock at its last measurement (a time.Duration; clock.go).
+	clockLead atomic.Int64
+	// writeTxn commits the transaction of a create, update or delete;
+	// tests replace it to deliver one to etcd late.
+	writeTxn func(ctx context.Context, conds []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error)
 }
 
 var _ storage.Interface = (*Store)(nil)
@@ -96,7 +104,11 @@ func New(client *clientv3.Client, opts Options) *Store {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{client: client, log: log, stamp: stamp, now: now}
+	s := &Store{client: client, log: log, stamp: stamp, now: now}
+	s.writeTxn = func(ctx context.Context, conds []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error) {
+		return client.Txn(withLeader(ctx)).If(conds...).Then(then...).Else(orElse...).Commit()
+	}
+	return s
 }
 
 // marshalOptions make equal objects encode to equal bytes.
@@ -194,17 +206,20 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		orElse = append(orElse, req.refusal(key, opts.Fence))
 	}
 	clockAt := -1
-	if cmp, ok := clockCompare(ctx); ok {
-		conds = append(conds, cmp)
+	if _, ok := ctx.Deadline(); ok {
 		clockAt, orElse = len(orElse), append(orElse, clientv3.OpGet(ClockKey))
 	}
 	var resp *clientv3.TxnResponse
-	for clockStarted := false; ; clockStarted = true {
+	for clockMeasured := false; ; clockMeasured = true {
 		if err := checkDeadline(ctx); err != nil {
 			return nil, err
 		}
+		txnConds := conds
+		if cmp, ok := s.clockCompare(ctx); ok {
+			txnConds = append(conds[:len(conds):len(conds)], cmp)
+		}
 		var err error
-		resp, err = s.client.Txn(withLeader(ctx)).If(conds...).Then(then...).Else(orElse...).Commit()
+		resp, err = s.writeTxn(ctx, txnConds, then, orElse)
 		if err != nil {
 			return nil, statusOf(err)
 		}
@@ -217,14 +232,14 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		if opts.Fence != nil && !fenceHolds(opts.Fence, resp, fenceAt) {
 			return nil, leaseNotHeld(opts.Fence)
 		}
-		switch clockIn(ctx, resp, clockAt) {
-		case clockPassed:
-			return nil, lateWrite(ctx)
-		case clockMissing:
-			if clockStarted {
-				return nil, apierrors.Internal("the cluster clock %s is gone again right after this write started it", ClockKey)
+		if c := s.clockIn(ctx, resp, clockAt); c != clockFine {
+			// Missing (a new cluster), or past the deadline while this
+			// call still waits for it: this replica's measure of the
+			// clock is off. Measure it, and try once more.
+			if clockMeasured {
+				return nil, lateWrite(ctx)
 			}
-			if err := s.startClock(ctx); err != nil {
+			if err := s.measureClock(ctx, c); err != nil {
 				return nil, err
 			}
 			continue
@@ -301,12 +316,12 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 		if err := checkDeadline(ctx); err != nil {
 			return nil, nil, nil, err
 		}
-		if cmp, ok := clockCompare(ctx); ok {
+		if cmp, ok := s.clockCompare(ctx); ok {
 			conds = append(conds, cmp)
 			clockAt, orElse = len(orElse), append(orElse, clientv3.OpGet(ClockKey))
 		}
 	}
-	resp, err := s.client.Txn(withLeader(ctx)).If(conds...).Then(ops...).Else(orElse...).Commit()
+	resp, err := s.writeTxn(ctx, conds, ops, orElse)
 	if err != nil {
 		return nil, nil, nil, statusOf(err)
 	}
@@ -319,12 +334,10 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 	if fence != nil && !fenceHolds(fence, resp, fenceAt) {
 		return nil, nil, nil, leaseNotHeld(fence)
 	}
-	switch clockIn(ctx, resp, clockAt) {
-	case clockPassed:
-		return nil, nil, nil, lateWrite(ctx)
-	case clockMissing:
-		// Started, the caller tries again from the value read.
-		if err := s.startClock(ctx); err != nil {
+	if c := s.clockIn(ctx, resp, clockAt); c != clockFine {
+		// Measured again, the caller tries again from the value read (its
+		// loop ends with ctx's deadline).
+		if err := s.measureClock(ctx, c); err != nil {
 			return nil, nil, nil, err
 		}
 	}

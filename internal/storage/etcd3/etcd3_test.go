@@ -677,81 +677,107 @@ func createRecordedAt(ctx context.Context, s *Store, key string, obj storage.Obj
 }
 
 // A write that etcd applies after its deadline — it waited in a frozen
-// member — writes nothing: by then the cluster clock has passed the
-// deadline. The clock is moved ahead here as it would have moved while the
-// write waited; each kind of write is refused DEADLINE_EXCEEDED and leaves
-// the key as it was. A missing clock is started by the first write.
+// member — writes nothing. The store's transactions are delivered late
+// here: after the call's deadline has passed and the cluster clock has
+// moved on past it, exactly as a member resuming would propose them. Each
+// kind of write leaves the key as it was; delivered on time, the same
+// writes land.
 func TestWriteAppliedAfterItsDeadlineWritesNothing(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	client := cluster.Client(t)
-	store := New(client, Options{Logger: testLogger(t)})
 	ctx := t.Context()
+	onTime := New(client, Options{Logger: testLogger(t)})
+	late := New(client, Options{Logger: testLogger(t)})
+	// The replicas' ticks when the frozen member resumes, two seconds on.
+	ticker := New(client, Options{Logger: testLogger(t), Now: func() time.Time { return time.Now().Add(2 * time.Second) }})
+	delivered := 0
+	late.writeTxn = func(callCtx context.Context, conds []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error) {
+		<-callCtx.Done() // the caller gives up
+		if err := ticker.advanceClock(ctx); err != nil {
+			return nil, err
+		}
+		delivered++
+		if _, err := client.Txn(ctx).If(conds...).Then(then...).Else(orElse...).Commit(); err != nil {
+			t.Errorf("late delivery: %v", err)
+		}
+		return nil, callCtx.Err()
+	}
 	key := configMaps.Key("clock", "a")
 	cm := &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: "a", Namespace: "clock"}, Data: map[string]string{"v": "1"}}
-
-	if _, err := client.Delete(ctx, ClockKey); err != nil {
+	withDeadline := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		t.Cleanup(cancel)
+		return c
+	}
+	// The clock is measured first, as TickClock would have.
+	if err := late.advanceClock(ctx); err != nil {
 		t.Fatal(err)
 	}
-	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	created, err := store.Create(callCtx, key, cm, storage.WriteOptions{RequestID: "clock-create"})
+
+	if _, err := late.Create(withDeadline(), key, cm, storage.WriteOptions{RequestID: "clock-late-create"}); err == nil {
+		t.Fatal("late create answered OK")
+	}
+	if _, err := onTime.Get(ctx, key, newConfigMap); !apierrors.IsNotFound(err) {
+		t.Fatalf("late create's object: %v, want NOT_FOUND", err)
+	}
+	created, err := onTime.Create(withDeadline(), key, cm, storage.WriteOptions{RequestID: "clock-create"})
 	if err != nil {
-		t.Fatalf("create with no clock yet: %v", err)
+		t.Fatalf("create on time: %v", err)
 	}
-	if resp, err := client.Get(ctx, ClockKey); err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("clock after the first write: %v, %v; want it started", resp, err)
-	}
-
-	// The cluster's time runs past the calls' deadline while they wait.
-	if err := store.advanceClock(ctx, time.Now().Add(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	lateCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	late := func(what string, err error) {
-		t.Helper()
-		if apierrors.Code(err) != codes.DeadlineExceeded {
-			t.Errorf("%s applied after its deadline: %v, want DEADLINE_EXCEEDED", what, err)
-		}
-	}
-	_, err = store.Create(lateCtx, configMaps.Key("clock", "b"), &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: "b", Namespace: "clock"}}, storage.WriteOptions{RequestID: "clock-late-create"})
-	late("create", err)
-	_, err = store.Update(lateCtx, key, newConfigMap, storage.Preconditions{}, func(obj storage.Object) (storage.Object, error) {
+	_, err = late.Update(withDeadline(), key, newConfigMap, storage.Preconditions{}, func(obj storage.Object) (storage.Object, error) {
 		obj.(*capstanv1.ConfigMap).Data["v"] = "2"
 		return obj, nil
 	}, storage.WriteOptions{RequestID: "clock-late-update"})
-	late("update", err)
-	_, err = store.Delete(lateCtx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{})
-	late("delete", err)
-
-	got, err := store.Get(ctx, key, newConfigMap)
+	if err == nil {
+		t.Error("late update answered OK")
+	}
+	if _, err := late.Delete(withDeadline(), key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{}); err == nil {
+		t.Error("late delete answered OK")
+	}
+	if delivered != 3 {
+		t.Fatalf("%d transactions delivered late, want 3", delivered)
+	}
+	got, err := onTime.Get(ctx, key, newConfigMap)
 	if err != nil || !proto.Equal(got, created) {
 		t.Errorf("after the late writes: %v, %v; want %v unchanged", got, err, created)
 	}
-	if _, err := store.Get(ctx, configMaps.Key("clock", "b"), newConfigMap); !apierrors.IsNotFound(err) {
-		t.Errorf("late create's object: %v, want NOT_FOUND", err)
-	}
-	// Without a deadline there is nothing to be late for.
-	if _, err := store.Delete(ctx, key, newConfigMap, storage.Preconditions{}, storage.WriteOptions{}); err != nil {
-		t.Errorf("delete without a deadline: %v", err)
-	}
 }
 
-// The clock only moves forward: a replica whose clock is behind writes
-// nothing.
-func TestClockOnlyMovesForward(t *testing.T) {
+// The cluster clock is the fastest replica's; a replica whose clock is
+// behind measures the lead and states its deadlines in the cluster's time,
+// so an hour's difference between replica clocks fails no write — not even
+// the first, made before the slow replica measured anything. The clock
+// only moves forward.
+func TestReplicaClocksThatDifferFailNoWrite(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	client := cluster.Client(t)
-	store := New(client, Options{Logger: testLogger(t)})
 	ctx := t.Context()
-	now := time.Now()
-	for _, at := range []time.Time{now, now.Add(-time.Second), now.Add(time.Second), now} {
-		if err := store.advanceClock(ctx, at); err != nil {
-			t.Fatal(err)
+	fast := New(client, Options{Logger: testLogger(t), Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	slow := New(client, Options{Logger: testLogger(t)})
+	if err := fast.advanceClock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		name := fmt.Sprintf("skew-%d", i)
+		_, err := slow.Create(callCtx, configMaps.Key("clock", name), &capstanv1.ConfigMap{Metadata: &capstanv1.ObjectMeta{Name: name, Namespace: "clock"}}, storage.WriteOptions{})
+		cancel()
+		if err != nil {
+			t.Fatalf("write %d of the replica an hour behind: %v", i, err)
 		}
 	}
-	resp, err := client.Get(ctx, ClockKey)
-	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != clockValue(now.Add(time.Second)) {
-		t.Fatalf("clock: %v, %v; want %s", resp, err, clockValue(now.Add(time.Second)))
+	if lead := time.Duration(slow.clockLead.Load()); lead < 59*time.Minute {
+		t.Errorf("the slow replica measured a lead of %v, want about an hour", lead)
+	}
+	before, err := client.Get(ctx, ClockKey)
+	if err != nil || len(before.Kvs) != 1 {
+		t.Fatalf("clock: %v, %v", before, err)
+	}
+	if err := slow.advanceClock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := client.Get(ctx, ClockKey)
+	if err != nil || len(after.Kvs) != 1 || string(after.Kvs[0].Value) != string(before.Kvs[0].Value) {
+		t.Errorf("the slow replica moved the clock from %s to %v (%v)", before.Kvs[0].Value, after, err)
 	}
 }
