@@ -353,7 +353,12 @@ func runFrozenCaller() int {
 		return 1
 	}
 	ctx := context.Background()
-	if _, err := c.Cluster().GetClusterStatus(ctx, &capstanv1.GetClusterStatusRequest{}); err != nil {
+	// Connecting may take longer than one attempt on a loaded machine: the
+	// read is retried until this deadline.
+	connectCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = c.Cluster().GetClusterStatus(connectCtx, &capstanv1.GetClusterStatusRequest{})
+	cancel()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "frozen caller: connect:", err)
 		return 1
 	}
