@@ -54,6 +54,7 @@ func run() int {
 		}
 	}
 	var t chaos.Target
+	var saveLogs func() (string, error)
 	switch *target {
 	case "compose":
 		root, err := os.Getwd()
@@ -77,6 +78,14 @@ func run() int {
 			}()
 		}
 		t = chaos.NewComposeTarget(c)
+		// A failed run keeps every container's log beside its report,
+		// since the containers are gone after it.
+		saveLogs = func() (string, error) {
+			logCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			path := filepath.Join(*out, "compose.log")
+			return path, os.WriteFile(path, []byte(c.Logs(logCtx, 0)), 0o644)
+		}
 	case "local":
 		logf("no Docker engine or -target local: chaos on local processes (3 masters, 3 workers); SEED=" + fmt.Sprint(*seed))
 		cfg := testcluster.Config{Name: "chaos", Workers: 3}
@@ -108,6 +117,13 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "report:", werr)
 	} else {
 		fmt.Printf("report: %s/report.txt, %s/report.json\n", *out, *out)
+	}
+	if (err != nil || !rep.Passed()) && saveLogs != nil {
+		if path, lerr := saveLogs(); lerr != nil {
+			fmt.Fprintln(os.Stderr, "saving the containers' logs:", lerr)
+		} else {
+			fmt.Printf("the containers' logs: %s\n", path)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chaos run stopped: %v (replay with SEED=%d)\n", err, *seed)

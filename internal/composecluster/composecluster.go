@@ -353,9 +353,14 @@ func (c *Cluster) Down(ctx context.Context) error {
 	return err
 }
 
-// Logs are the last lines of each service's log.
+// Logs are the last lines of each service's log, timestamped (lines <= 0:
+// all of them).
 func (c *Cluster) Logs(ctx context.Context, lines int) string {
-	out, err := c.Compose(ctx, "logs", "--no-color", fmt.Sprintf("--tail=%d", lines))
+	tail := "all"
+	if lines > 0 {
+		tail = strconv.Itoa(lines)
+	}
+	out, err := c.Compose(ctx, "logs", "--no-color", "--timestamps", "--tail="+tail)
 	if err != nil {
 		return err.Error()
 	}
