@@ -57,26 +57,19 @@ const (
 
 func clockValue(t time.Time) string { return fmt.Sprintf("%0*d", clockDigits, t.UnixMilli()) }
 
-// clockDeadline is ctx's deadline in the cluster clock's time, if ctx has
-// one.
-func (s *Store) clockDeadline(ctx context.Context) (string, bool) {
+// clockConds are the conditions a write with ctx's deadline adds, if ctx
+// has one, and that deadline in the cluster clock's time: the clock has not
+// reached it. The condition fails when the clock key is missing too (etcd
+// compares no value with a key that does not exist); the write then starts
+// the clock and tries again. The same deadline judges the answer
+// (clockIn): the lead may change meanwhile.
+func (s *Store) clockConds(ctx context.Context) (deadline string, conds []clientv3.Cmp) {
 	d, ok := ctx.Deadline()
 	if !ok {
-		return "", false
+		return "", nil
 	}
-	return clockValue(d.Add(time.Duration(s.clockLead.Load()) + clockMargin)), true
-}
-
-// clockCompare is the condition a write with ctx's deadline adds, if ctx
-// has one: the cluster clock has not reached it. It fails when the clock
-// key is missing too (etcd compares no value with a key that does not
-// exist); the write then starts the clock and tries again.
-func (s *Store) clockCompare(ctx context.Context) (clientv3.Cmp, bool) {
-	d, ok := s.clockDeadline(ctx)
-	if !ok {
-		return clientv3.Cmp{}, false
-	}
-	return clientv3.Compare(clientv3.Value(ClockKey), "<", d), true
+	deadline = clockValue(d.Add(time.Duration(s.clockLead.Load()) + clockMargin))
+	return deadline, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ClockKey), "<", deadline)}
 }
 
 // clockOutcome says why a failed write's clock condition failed.
@@ -89,8 +82,9 @@ const (
 )
 
 // clockIn reads the clock from a failed write's Else branch (at index i;
-// i < 0: the write had no clock condition).
-func (s *Store) clockIn(ctx context.Context, resp *clientv3.TxnResponse, i int) clockOutcome {
+// i < 0: the write had no clock condition) and judges it against the
+// deadline the condition stated.
+func clockIn(resp *clientv3.TxnResponse, i int, deadline string) clockOutcome {
 	if i < 0 {
 		return clockFine
 	}
@@ -98,7 +92,7 @@ func (s *Store) clockIn(ctx context.Context, resp *clientv3.TxnResponse, i int) 
 	if kv == nil {
 		return clockMissing
 	}
-	if d, ok := s.clockDeadline(ctx); ok && string(kv.Value) >= d {
+	if string(kv.Value) >= deadline {
 		return clockPassed
 	}
 	return clockFine
@@ -146,11 +140,23 @@ func (s *Store) TickClock(ctx context.Context) {
 	}
 }
 
-// advanceClock sets the clock to this replica's time if it is behind, or
-// missing, and measures its lead from the value it has then.
+// advanceClock moves the clock forward to this replica's time, or to the
+// newest value it read plus the time elapsed since (by the monotonic
+// clock), whichever is later, and measures the clock's lead from the value
+// it has then. The second keeps the clock going at the pace of real time
+// when the replica whose clock ran fastest goes away: without it the clock
+// would stand still until the others' clocks reached it, and late
+// transactions would not be caught meanwhile.
 func (s *Store) advanceClock(ctx context.Context) error {
-	now := s.now()
-	v := clockValue(now)
+	target := s.now()
+	s.clockMu.Lock()
+	if !s.clockSeenAt.IsZero() {
+		if pace := s.clockSeen.Add(time.Since(s.clockSeenAt)); pace.After(target) {
+			target = pace
+		}
+	}
+	s.clockMu.Unlock()
+	v := clockValue(target)
 	put := clientv3.OpPut(ClockKey, v)
 	get := clientv3.OpGet(ClockKey)
 	resp, err := s.client.Txn(withLeader(ctx)).
@@ -161,6 +167,10 @@ func (s *Store) advanceClock(ctx context.Context) error {
 	if err != nil {
 		return statusOf(err)
 	}
+	// Measured after the answer: a lead measured from before the call
+	// would be too large by the round trip, and let late writes through
+	// for that much longer.
+	seenAt, now := time.Now(), s.now()
 	kv := kvIn(resp, 1)
 	if kv == nil {
 		return apierrors.Internal("the cluster clock %s is missing right after it was written", ClockKey)
@@ -169,10 +179,14 @@ func (s *Store) advanceClock(ctx context.Context) error {
 	if err != nil {
 		return apierrors.Internal("the cluster clock %s holds %q, not Unix milliseconds", ClockKey, kv.Value)
 	}
-	lead := time.UnixMilli(ms).Sub(now.Truncate(time.Millisecond))
+	seen := time.UnixMilli(ms)
+	s.clockMu.Lock()
+	s.clockSeen, s.clockSeenAt = seen, seenAt
+	s.clockMu.Unlock()
+	lead := seen.Sub(now)
 	if old := time.Duration(s.clockLead.Swap(int64(lead))); (lead - old).Abs() > time.Second {
 		s.log.WarnContext(ctx, "the cluster clock's lead over this replica's clock changed: a replica's wall clock runs ahead or jumped",
-			"lead", lead, "was", old)
+			"lead", lead.Round(time.Millisecond), "was", old.Round(time.Millisecond))
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,6 +83,11 @@ type Store struct {
 	// clockLead is how far the cluster clock led this replica's wall
 	// clock at its last measurement (a time.Duration; clock.go).
 	clockLead atomic.Int64
+	// clockSeen is the clock's value at this replica's last measurement,
+	// clockSeenAt when it was read (with its monotonic reading).
+	clockMu     sync.Mutex
+	clockSeen   time.Time
+	clockSeenAt time.Time
 	// writeTxn commits the transaction of a create, update or delete;
 	// tests replace it to deliver one to etcd late.
 	writeTxn func(ctx context.Context, conds []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error)
@@ -203,23 +209,29 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		conds = append(conds, req.absent()...)
 		then = append(then, req.put(key, false))
 		recordAt, orElse = len(orElse), append(orElse, req.gets()...)
-		orElse = append(orElse, req.refusal(key, opts.Fence))
-	}
-	clockAt := -1
-	if _, ok := ctx.Deadline(); ok {
-		clockAt, orElse = len(orElse), append(orElse, clientv3.OpGet(ClockKey))
 	}
 	var resp *clientv3.TxnResponse
 	for clockMeasured := false; ; clockMeasured = true {
 		if err := checkDeadline(ctx); err != nil {
 			return nil, err
 		}
-		txnConds := conds
-		if cmp, ok := s.clockCompare(ctx); ok {
-			txnConds = append(conds[:len(conds):len(conds)], cmp)
+		// The clock condition is stated anew for each attempt, with the
+		// lead measured now; the refusal is recorded only by a
+		// transaction that is on time.
+		txnConds, txnElse := conds[:len(conds):len(conds)], orElse[:len(orElse):len(orElse)]
+		deadline, clockCmps := s.clockConds(ctx)
+		txnConds = append(txnConds, clockCmps...)
+		keyAt := len(txnElse)
+		txnElse = append(txnElse, clientv3.OpGet(key, clientv3.WithCountOnly()))
+		if req != nil {
+			txnElse = append(txnElse, req.refusal(key, opts.Fence, clockCmps))
+		}
+		clockAt := -1
+		if len(clockCmps) > 0 {
+			clockAt, txnElse = len(txnElse), append(txnElse, clientv3.OpGet(ClockKey))
 		}
 		var err error
-		resp, err = s.writeTxn(ctx, txnConds, then, orElse)
+		resp, err = s.writeTxn(ctx, txnConds, then, txnElse)
 		if err != nil {
 			return nil, statusOf(err)
 		}
@@ -232,11 +244,14 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 		if opts.Fence != nil && !fenceHolds(opts.Fence, resp, fenceAt) {
 			return nil, leaseNotHeld(opts.Fence)
 		}
-		if c := s.clockIn(ctx, resp, clockAt); c != clockFine {
+		if c := clockIn(resp, clockAt, deadline); c != clockFine {
 			// Missing (a new cluster), or past the deadline while this
 			// call still waits for it: this replica's measure of the
 			// clock is off. Measure it, and try once more.
-			if clockMeasured {
+			switch {
+			case clockMeasured && c == clockMissing:
+				return nil, apierrors.Internal("the cluster clock %s is gone again right after this write started it", ClockKey)
+			case clockMeasured:
 				return nil, lateWrite(ctx)
 			}
 			if err := s.measureClock(ctx, c); err != nil {
@@ -245,6 +260,9 @@ func (s *Store) Create(ctx context.Context, key string, obj storage.Object, opts
 			continue
 		}
 		kind, ns, name := objectRef(key)
+		if countIn(resp, keyAt) == 0 {
+			return nil, apierrors.Internal("the create of %s %s failed with the name free and no reason found", kind, qualifiedName(ns, name))
+		}
 		return nil, apierrors.AlreadyExists(kind, ns, name)
 	}
 	// The key was created by this transaction: both revisions are its own.
@@ -311,13 +329,15 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 			ops = append(ops, req.put(key, deleted))
 		}
 	}
-	clockAt := -1
+	clockAt, deadline := -1, ""
 	if len(ops) > 0 {
 		if err := checkDeadline(ctx); err != nil {
 			return nil, nil, nil, err
 		}
-		if cmp, ok := s.clockCompare(ctx); ok {
-			conds = append(conds, cmp)
+		var clockCmps []clientv3.Cmp
+		deadline, clockCmps = s.clockConds(ctx)
+		if len(clockCmps) > 0 {
+			conds = append(conds, clockCmps...)
 			clockAt, orElse = len(orElse), append(orElse, clientv3.OpGet(ClockKey))
 		}
 	}
@@ -334,7 +354,7 @@ func (s *Store) conditionalWrite(ctx context.Context, cur *mvccpb.KeyValue, ops 
 	if fence != nil && !fenceHolds(fence, resp, fenceAt) {
 		return nil, nil, nil, leaseNotHeld(fence)
 	}
-	if c := s.clockIn(ctx, resp, clockAt); c != clockFine {
+	if c := clockIn(resp, clockAt, deadline); c != clockFine {
 		// Measured again, the caller tries again from the value read (its
 		// loop ends with ctx's deadline).
 		if err := s.measureClock(ctx, c); err != nil {

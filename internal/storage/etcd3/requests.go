@@ -125,11 +125,14 @@ func (r *request) put(objectKey string, deleted bool) clientv3.Op {
 // was returned, once the key was deleted: a create reported refused would
 // happen (found by the chaos run). Updates and deletes need no such record:
 // they are conditional on a mod revision that a refusal has seen pass.
-func (r *request) refusal(objectKey string, fence *storage.Fence) clientv3.Op {
+func (r *request) refusal(objectKey string, fence *storage.Fence, clock []clientv3.Cmp) clientv3.Op {
 	conds := append(r.absent(), clientv3.Compare(clientv3.CreateRevision(objectKey), "!=", 0))
 	if fence != nil {
 		conds = append(conds, fenceCompare(fence))
 	}
+	// A create etcd applies after its deadline records nothing either: a
+	// retry of it may find the key gone and create it.
+	conds = append(conds, clock...)
 	data, _ := json.Marshal(record{Key: objectKey, Refused: true}) // cannot fail on a string and a bool
 	return clientv3.OpTxn(conds, []clientv3.Op{clientv3.OpPut(r.checked[0], string(data))}, nil)
 }
@@ -147,6 +150,15 @@ func (r *request) recordIn(resp *clientv3.TxnResponse, first int) *mvccpb.KeyVal
 		}
 	}
 	return nil
+}
+
+// countIn returns the count of keys the (count-only) Get at index i of a
+// transaction response found.
+func countIn(resp *clientv3.TxnResponse, i int) int64 {
+	if i < 0 || i >= len(resp.Responses) {
+		return 0
+	}
+	return resp.Responses[i].GetResponseRange().GetCount()
 }
 
 // kvIn returns the key-value read by the Get at index i of a transaction
@@ -168,7 +180,7 @@ func (s *Store) ExpireRequests(ctx context.Context) {
 	ticker := time.NewTicker(RequestExpiryPeriod)
 	defer ticker.Stop()
 	for {
-		oldest := minuteKey(time.Now().Unix()/60 - requestKeptMinutes)
+		oldest := minuteKey(s.now().Unix()/60 - requestKeptMinutes)
 		callCtx, cancel := context.WithTimeout(ctx, RequestExpiryPeriod)
 		resp, err := s.client.Delete(withLeader(callCtx), RequestKeyPrefix, clientv3.WithRange(oldest))
 		cancel()
