@@ -241,12 +241,12 @@ func (s *Service) Renew(ctx context.Context, req *capstanv1.RenewLeaseRequest) (
 		return nil, err
 	}
 	ctx = clientv3.WithRequireLeader(ctx)
-	kv, held, session, term, err := s.heldWithSession(ctx, r, req.GetEpoch())
+	kv, held, term, err := s.heldAtTerm(ctx, r, req.GetEpoch())
 	if err != nil {
 		return nil, err
 	}
 	if term > held.GetStatus().GetEtcdLeaseTerm() {
-		return s.renewOnFreshLease(ctx, r, req.GetEpoch(), kv, held, session)
+		return s.renewOnFreshLease(ctx, r, req.GetEpoch())
 	}
 	if _, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
 		if isLeaseGone(err) {
@@ -315,15 +315,21 @@ func (s *Service) Release(ctx context.Context, req *capstanv1.ReleaseLeaseReques
 
 // held reads the lease and checks that holder holds it at epoch.
 func (s *Service) held(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValue, *capstanv1.Lease, error) {
+	kv, lease, _, err := s.heldAtTerm(ctx, r, epoch)
+	return kv, lease, err
+}
+
+// heldAtTerm is held, with the raft term of the etcd member that answered.
+func (s *Service) heldAtTerm(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValue, *capstanv1.Lease, uint64, error) {
 	resp, err := s.client.Get(ctx, r.key())
 	if err != nil {
-		return nil, nil, storageError(err)
+		return nil, nil, 0, storageError(err)
 	}
 	lease, err := s.holding(r, epoch, resp.Kvs)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	return resp.Kvs[0], lease, nil
+	return resp.Kvs[0], lease, resp.Header.GetRaftTerm(), nil
 }
 
 // holding decodes the holding at epoch from the lease key's read.
@@ -341,23 +347,23 @@ func (s *Service) holding(r ref, epoch int64, kvs []*mvccpb.KeyValue) (*capstanv
 	return lease, nil
 }
 
-// heldWithSession is held, with the session key (nil if there is none) and
-// the raft term of the etcd member that answered, in one read.
-func (s *Service) heldWithSession(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValue, *capstanv1.Lease, *mvccpb.KeyValue, uint64, error) {
+// heldWithSession is held, with the session key (nil if there is none), in
+// one read.
+func (s *Service) heldWithSession(ctx context.Context, r ref, epoch int64) (*mvccpb.KeyValue, *capstanv1.Lease, *mvccpb.KeyValue, error) {
 	resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(r.key()), clientv3.OpGet(r.sessionKey())).Commit()
 	if err != nil {
-		return nil, nil, nil, 0, storageError(err)
+		return nil, nil, nil, storageError(err)
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
 	lease, err := s.holding(r, epoch, kvs)
 	if err != nil {
-		return nil, nil, nil, 0, err
+		return nil, nil, nil, err
 	}
 	var session *mvccpb.KeyValue
 	if skvs := resp.Responses[1].GetResponseRange().GetKvs(); len(skvs) > 0 {
 		session = skvs[0]
 	}
-	return kvs[0], lease, session, resp.Header.GetRaftTerm(), nil
+	return kvs[0], lease, session, nil
 }
 
 // renewOnFreshLease renews the holding at epoch by moving its key, and its
@@ -371,8 +377,14 @@ func (s *Service) heldWithSession(ctx context.Context, r ref, epoch int64) (*mvc
 // new leader). It never knew the etcd lease granted here, in the new term,
 // so it can only revoke the old one, to which nothing is attached any
 // more. A Put keeps the key's create revision: the epoch does not change.
-func (s *Service) renewOnFreshLease(ctx context.Context, r ref, epoch int64, kv *mvccpb.KeyValue, held *capstanv1.Lease, session *mvccpb.KeyValue) (*capstanv1.RenewLeaseResponse, error) {
+// The session key moves with the holding, so it is read here, not on every
+// renewal.
+func (s *Service) renewOnFreshLease(ctx context.Context, r ref, epoch int64) (*capstanv1.RenewLeaseResponse, error) {
 	for attempt := 1; ; attempt++ {
+		kv, held, session, err := s.heldWithSession(ctx, r, epoch)
+		if err != nil {
+			return nil, err
+		}
 		grant, err := s.client.Grant(ctx, int64(held.GetSpec().GetLeaseDurationSeconds()))
 		if err != nil {
 			return nil, storageError(err)
@@ -413,10 +425,8 @@ func (s *Service) renewOnFreshLease(ctx context.Context, r ref, epoch int64, kv 
 		if attempt == maxRaceAttempts {
 			return nil, apierrors.Conflict("Lease", r.namespace, r.name, "the lease kept changing while its renewal was recorded")
 		}
-		// A session was recorded (or another renewal) since the read.
-		if kv, held, session, _, err = s.heldWithSession(ctx, r, epoch); err != nil {
-			return nil, err
-		}
+		// A session was recorded (or another renewal) since the read:
+		// read again.
 	}
 }
 
